@@ -1,0 +1,291 @@
+//! Configuration: one TOML file, one serde tree, defaults in one place. Every key is
+//! documented in `config/example.toml`.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub control: ControlConfig,
+    pub sink: SinkConfig,
+    pub queues: QueuesConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+}
+
+/// The webhook listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Scheme, host and optional port Twilio calls; the signed URL is rebuilt from it.
+    pub public_url: String,
+    /// Region name from SPEC section 6; its key is the only one served.
+    pub region: String,
+    pub max_body_bytes: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Seconds in the `Retry-After` of a 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            public_url: "http://127.0.0.1:8080".into(),
+            region: "us-east-1".into(),
+            max_body_bytes: 64 * 1024,
+            tls_cert: None,
+            tls_key: None,
+            retry_after_secs: 5,
+        }
+    }
+}
+
+/// The Prometheus listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9090".parse().unwrap(),
+        }
+    }
+}
+
+/// The control plane: state file, admin socket, secrets and admin tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    pub state_file: PathBuf,
+    pub admin_socket: PathBuf,
+    /// File holding base64 of 32 random bytes; `SMS_INGRESS_MASTER_KEY` overrides it.
+    pub master_key_file: Option<PathBuf>,
+    pub twilio_api_base: String,
+    pub admin_tokens: Vec<AdminToken>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            state_file: "data/state.json".into(),
+            admin_socket: "data/admin.sock".into(),
+            master_key_file: Some("data/master.key".into()),
+            twilio_api_base: "https://api.twilio.com".into(),
+            admin_tokens: Vec::new(),
+        }
+    }
+}
+
+/// One bearer token of the admin API: its org, its hash, what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// A name for audit lines; defaults to the first 8 hex digits of the hash.
+    #[serde(default)]
+    pub id: Option<String>,
+    pub org: String,
+    /// Hex SHA-256 of the bearer token; the token itself is never configured.
+    pub token_sha256: String,
+    pub permissions: Vec<Permission>,
+}
+
+/// The seed's admin permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+pub enum Permission {
+    #[serde(rename = "integration:add")]
+    IntegrationAdd,
+    #[serde(rename = "integration:view")]
+    IntegrationView,
+    #[serde(rename = "integration:edit")]
+    IntegrationEdit,
+    #[serde(rename = "integration:delete")]
+    IntegrationDelete,
+    #[serde(rename = "sms_number:all")]
+    SmsNumberAll,
+}
+
+/// Where accepted envelopes are made durable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `spool` (embedded default).
+    pub kind: SinkKind,
+    /// Spool root; one sub-directory per queue.
+    pub dir: PathBuf,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// Most envelopes made durable by one fdatasync.
+    pub max_batch: usize,
+}
+
+/// Sink implementations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Spool,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Spool,
+            dir: "data/spool".into(),
+            segment_bytes: 64 * 1024 * 1024,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// The per-queue channels between request tasks and sink workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueuesConfig {
+    /// Envelopes waiting per queue before webhooks get 503.
+    pub capacity: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig { capacity: 4096 }
+    }
+}
+
+/// Tenant policy applied after verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Seconds an accepted delivery is remembered to suppress Twilio's retries.
+    pub dedup_window_secs: u64,
+    /// Upper bound on remembered deliveries; the oldest go first.
+    pub dedup_max_entries: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            dedup_window_secs: 600,
+            dedup_max_entries: 1_000_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object a line) or `text`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `sms_ingress=debug`; `RUST_LOG` overrides.
+    pub level: String,
+}
+
+/// Log encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Why a configuration cannot be used; the message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: String,
+        source: toml::de::Error,
+    },
+    #[error("config key {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: cross-key rules and value ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if crate::regions::by_name(&self.server.region).is_none() {
+            let names: Vec<_> = crate::regions::REGIONS.iter().map(|r| r.name).collect();
+            return invalid("server.region", &format!("unknown region; one of {}", names.join(", ")));
+        }
+        if let Err(e) = crate::signature::PublicUrl::parse(&self.server.public_url) {
+            return invalid("server.public_url", &e.to_string());
+        }
+        if self.server.max_body_bytes < 1024 || self.server.max_body_bytes > 16 * 1024 * 1024 {
+            return invalid("server.max_body_bytes", "must be between 1024 and 16777216");
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return invalid("server.tls_cert", "set both server.tls_cert and server.tls_key, or neither");
+        }
+        if self.queues.capacity == 0 {
+            return invalid("queues.capacity", "must be at least 1");
+        }
+        if self.sink.max_batch == 0 {
+            return invalid("sink.max_batch", "must be at least 1");
+        }
+        if self.sink.segment_bytes < 4096 {
+            return invalid("sink.segment_bytes", "must be at least 4096");
+        }
+        for t in &self.control.admin_tokens {
+            let ok = t.token_sha256.len() == 64 && t.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                return invalid(
+                    "control.admin_tokens.token_sha256",
+                    "must be 64 hex digits: printf %s \"$TOKEN\" | sha256sum",
+                );
+            }
+            if t.org.is_empty() {
+                return invalid("control.admin_tokens.org", "must not be empty");
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured region (validated at load).
+    pub fn region(&self) -> &'static crate::regions::Region {
+        crate::regions::by_name(&self.server.region).expect("validated region")
+    }
+}

@@ -1,0 +1,360 @@
+//! The control-plane state: organisations' integrations and their imported numbers, as
+//! stored in the state file. Validated whole before it is ever served.
+
+use super::crypto::Sealed;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Everything the control plane knows; the state file is this, as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Bumped on every accepted change; shown as the snapshot version.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub integrations: Vec<Integration>,
+    #[serde(default)]
+    pub numbers: Vec<Number>,
+}
+
+/// A tenant's link to one Twilio (sub-)account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integration {
+    pub id: String,
+    pub org: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub notes: String,
+    pub account_sid: String,
+    /// The primary Auth Token, sealed under the master key with the integration id as AAD.
+    pub auth_token: Sealed,
+    /// A second token accepted while a rotation is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_auth_token: Option<Sealed>,
+    pub status: IntegrationStatus,
+}
+
+/// Whether an integration's webhooks are routed (`active`) or dropped (`inactive`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationStatus {
+    Active,
+    Inactive,
+}
+
+/// One Twilio sender imported into the SMS number inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Number {
+    /// E.164 for phone numbers (`+15551234567`), 5–6 digits for short codes.
+    pub sender_id: String,
+    #[serde(rename = "type")]
+    pub kind: NumberType,
+    /// ISO 3166 alpha-2.
+    pub country: String,
+    pub integration_id: String,
+    pub queue: String,
+    pub status: NumberStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compliance: Option<Compliance>,
+}
+
+/// The seed's four sender types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberType {
+    Local,
+    Mobile,
+    TollFree,
+    ShortCode,
+}
+
+/// Lifecycle of an inventory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberStatus {
+    Provisioning,
+    Active,
+    Disabled,
+}
+
+/// A short code's required interactions (the seed's Help / Opt-out / Re-opt-in tabs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compliance {
+    pub help: KeywordReply,
+    pub opt_out: KeywordReply,
+    pub re_opt_in: KeywordReply,
+}
+
+/// Keywords that trigger one compliance action, and the reply sent for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeywordReply {
+    pub keywords: Vec<String>,
+    pub message: String,
+}
+
+impl KeywordReply {
+    /// Complete means at least one non-blank keyword and a non-blank message.
+    pub fn is_complete(&self) -> bool {
+        !self.message.trim().is_empty() && self.keywords.iter().any(|k| !k.trim().is_empty())
+    }
+}
+
+impl Compliance {
+    /// The seed requires all three interactions before a short code can be imported.
+    pub fn is_complete(&self) -> bool {
+        self.help.is_complete() && self.opt_out.is_complete() && self.re_opt_in.is_complete()
+    }
+}
+
+/// Why a state (file or proposed change) was refused; the message names the record.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state file {path} is not valid JSON for the state schema: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("invalid state: {0}")]
+    Invalid(String),
+    #[error("cannot write state file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// `AC` followed by 32 lowercase or uppercase hex digits.
+pub fn is_account_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("AC") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `+` then 8 to 15 digits, the first not 0 (ITU-T E.164).
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// 5 or 6 digits.
+pub fn is_short_code(s: &str) -> bool {
+    (5..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Queue names become directory names and NATS subject tokens: keep them plain.
+pub fn is_queue_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl State {
+    /// Reads and validates a state file; a missing file is an empty state.
+    pub fn load(path: &Path) -> Result<State, StateError> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let state: State = serde_json::from_slice(&text).map_err(|source| StateError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?;
+        state.validate()?;
+        Ok(state)
+    }
+
+    /// Writes atomically: temp file in the same directory, fsync, rename, fsync the directory.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let werr = |source| StateError::Write {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+            std::process::id()
+        ));
+        let bytes = serde_json::to_vec_pretty(self).expect("state serialises");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+            f.write_all(&bytes).map_err(werr)?;
+            f.write_all(b"\n").map_err(werr)?;
+            f.sync_all().map_err(werr)?;
+        }
+        std::fs::rename(&tmp, path).map_err(werr)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        Ok(())
+    }
+
+    /// Checks every invariant the data plane relies on; the first violation is the error.
+    pub fn validate(&self) -> Result<(), StateError> {
+        let bad = |m: String| Err(StateError::Invalid(m));
+        let mut integrations: HashMap<&str, &Integration> = HashMap::new();
+        for i in &self.integrations {
+            if i.id.is_empty() || i.org.is_empty() {
+                return bad(format!("integration {:?}: id and org must be set", i.id));
+            }
+            if !is_account_sid(&i.account_sid) {
+                return bad(format!(
+                    "integration {}: account_sid {:?} is not AC followed by 32 hex digits",
+                    i.id, i.account_sid
+                ));
+            }
+            if integrations.insert(&i.id, i).is_some() {
+                return bad(format!("integration id {} appears twice", i.id));
+            }
+        }
+        let mut seen = HashSet::new();
+        for n in &self.numbers {
+            if !seen.insert(n.sender_id.as_str()) {
+                return bad(format!("number {} appears twice", n.sender_id));
+            }
+            let Some(integ) = integrations.get(n.integration_id.as_str()) else {
+                return bad(format!(
+                    "number {}: integration {} does not exist",
+                    n.sender_id, n.integration_id
+                ));
+            };
+            let format_ok = match n.kind {
+                NumberType::ShortCode => is_short_code(&n.sender_id),
+                _ => is_e164(&n.sender_id),
+            };
+            if !format_ok {
+                return bad(format!("number {}: sender_id is not valid for type {:?}", n.sender_id, n.kind));
+            }
+            if !is_queue_name(&n.queue) {
+                return bad(format!(
+                    "number {}: queue {:?} must be 1-64 of [A-Za-z0-9_-]",
+                    n.sender_id, n.queue
+                ));
+            }
+            if n.kind == NumberType::ShortCode && !n.compliance.as_ref().is_some_and(Compliance::is_complete) {
+                return bad(format!("number {}: short code without complete compliance", n.sender_id));
+            }
+            if integ.status == IntegrationStatus::Inactive && n.status == NumberStatus::Active {
+                return bad(format!(
+                    "number {} is active but its integration {} is inactive",
+                    n.sender_id, integ.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The integration with this id, if any.
+    pub fn integration(&self, id: &str) -> Option<&Integration> {
+        self.integrations.iter().find(|i| i.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed() -> Sealed {
+        Sealed {
+            nonce: "AAAAAAAAAAAAAAAA".into(),
+            ciphertext: "AAAA".into(),
+        }
+    }
+
+    fn sample() -> State {
+        State {
+            version: 1,
+            integrations: vec![Integration {
+                id: "int-1".into(),
+                org: "org-a".into(),
+                name: "n".into(),
+                notes: String::new(),
+                account_sid: format!("AC{}", "a".repeat(32)),
+                auth_token: sealed(),
+                next_auth_token: None,
+                status: IntegrationStatus::Active,
+            }],
+            numbers: vec![Number {
+                sender_id: "+15551230001".into(),
+                kind: NumberType::Local,
+                country: "US".into(),
+                integration_id: "int-1".into(),
+                queue: "support".into(),
+                status: NumberStatus::Active,
+                compliance: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn formats() {
+        assert!(is_e164("+15551234567"));
+        assert!(!is_e164("15551234567"));
+        assert!(!is_e164("+0555123456"));
+        assert!(!is_e164("+1555"));
+        assert!(!is_e164("+1555123456789012"));
+        assert!(is_short_code("12345") && is_short_code("123456"));
+        assert!(!is_short_code("1234") && !is_short_code("1234567") && !is_short_code("12a45"));
+        assert!(is_account_sid(&format!("AC{}", "0f".repeat(16))));
+        assert!(!is_account_sid("AC123"));
+    }
+
+    #[test]
+    fn validate_catches_each_invariant() {
+        assert!(sample().validate().is_ok());
+        let mut s = sample();
+        s.numbers.push(s.numbers[0].clone());
+        assert!(s.validate().unwrap_err().to_string().contains("twice"));
+        let mut s = sample();
+        s.integrations[0].account_sid = "ACnope".into();
+        assert!(s.validate().unwrap_err().to_string().contains("account_sid"));
+        let mut s = sample();
+        s.numbers[0].integration_id = "int-x".into();
+        assert!(s.validate().unwrap_err().to_string().contains("does not exist"));
+        let mut s = sample();
+        s.numbers[0].queue = "../etc".into();
+        assert!(s.validate().unwrap_err().to_string().contains("queue"));
+        let mut s = sample();
+        s.integrations[0].status = IntegrationStatus::Inactive;
+        assert!(s.validate().unwrap_err().to_string().contains("inactive"));
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        sample().save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), sample());
+        assert_eq!(State::load(&dir.path().join("missing.json")).unwrap(), State::default());
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        std::fs::write(&p, br#"{"version":1,"integrations":[],"numbers":[],"extra":1}"#).unwrap();
+        assert!(matches!(State::load(&p), Err(StateError::Parse { .. })));
+    }
+}

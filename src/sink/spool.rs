@@ -1,0 +1,1 @@
+//! Placeholder: the spool sink is being written.
