@@ -5,7 +5,14 @@
 
 pub mod config;
 pub mod control;
+pub mod dispatch;
 pub mod envelope;
+pub mod form;
+pub mod inventory;
+pub mod listener;
+pub mod policy;
 pub mod regions;
 pub mod signature;
 pub mod sink;
+pub mod telemetry;
+pub mod webhook;

@@ -1,1 +1,167 @@
-fn main() {}
+//! The `sms-ingress` command: the server and the operator tools around it.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use sms_ingress::config::Config;
+use sms_ingress::control::crypto::MasterKey;
+use sms_ingress::form::Form;
+use sms_ingress::signature;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sms-ingress", version, about = "Twilio SMS webhook ingress: verify, route, durably hand off")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Path of the TOML configuration file.
+    #[arg(long, env = "SMS_INGRESS_CONFIG", default_value = "/etc/sms-ingress/sms-ingress.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the webhook, metrics and admin listeners.
+    Serve(ConfigArg),
+    /// Validate the config, master key and state file, then exit.
+    CheckConfig(ConfigArg),
+    /// Print a new random master key (base64 of 32 bytes) for control.master_key_file.
+    Keygen,
+    /// Read a queue's spool.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+    /// Compute or check X-Twilio-Signature values by hand.
+    Signature {
+        #[command(subcommand)]
+        command: SignatureCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// Print a queue's records as NDJSON, one per line.
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue name.
+        #[arg(long)]
+        queue: String,
+        /// Keep waiting for new records.
+        #[arg(long)]
+        follow: bool,
+        /// Byte offset of the first record to print (from a previous line's `offset`).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Spool directory; defaults to the config's sink.dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignatureCommand {
+    /// Print the signature Twilio would send for the form body on stdin.
+    Compute {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+    },
+    /// Exit 0 if the signature matches the form body on stdin, 1 if not; prints the signed string.
+    Verify {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        signature: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sms-ingress: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(c) => {
+            let cfg = Config::load(&c.config)?;
+            sms_ingress::telemetry::init_logs(&cfg.log);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(sms_ingress::server::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(c) => {
+            let cfg = Config::load(&c.config)?;
+            println!("{}", sms_ingress::server::check(&cfg)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen => {
+            println!("{}", MasterKey::generate_base64()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Spool {
+            command: SpoolCommand::Tail {
+                config,
+                queue,
+                follow,
+                from,
+                dir,
+            },
+        } => {
+            let dir = match dir {
+                Some(d) => d,
+                None => Config::load(&config.config)?.sink.dir,
+            };
+            let mut out = std::io::stdout().lock();
+            sms_ingress::sink::spool::tail(&dir, &queue, from, follow, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Signature { command } => signature_tool(command),
+    }
+}
+
+fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
+    let mut body = Vec::new();
+    std::io::stdin().read_to_end(&mut body).context("reading the form body from stdin")?;
+    let trimmed = body.strip_suffix(b"\n").unwrap_or(&body);
+    let form = Form::parse(trimmed).context("stdin is not a form-encoded body")?;
+    match command {
+        SignatureCommand::Compute { url, token } => {
+            println!("{}", signature::compute(&url, &form, token.as_bytes()));
+            Ok(ExitCode::SUCCESS)
+        }
+        SignatureCommand::Verify { url, token, signature: sig } => {
+            let urls = signature::url_variants(&url).context("--url")?;
+            let keys = [signature::key(token.as_bytes())];
+            let matched = signature::verify(&urls, "", &form, &keys, sig.as_bytes());
+            println!("signed string: {}", signature::signed_string(&url, &form));
+            match matched {
+                Some(i) => {
+                    println!("valid (over {})", urls[i]);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!("invalid: expected {} (or, with the default port toggled, {})",
+                        signature::compute(&urls[0], &form, token.as_bytes()),
+                        urls.get(1).map(|u| signature::compute(u, &form, token.as_bytes())).unwrap_or_else(|| "-".into()));
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}

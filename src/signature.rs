@@ -1,9 +1,288 @@
-//! Placeholder while the signature module is written.
-/// Parsed `server.public_url`.
-pub struct PublicUrl;
+//! Twilio request signatures: base64(HMAC-SHA1(Auth Token, URL + sorted name/value pairs)),
+//! compared in constant time, over the URL with and without the scheme's default port.
+
+use crate::form::Form;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ring::hmac;
+
+/// Why a configured or given URL cannot be signed over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("URL must start with http:// or https://")]
+    Scheme,
+    #[error("URL has no host")]
+    NoHost,
+    #[error("URL port is not a number from 1 to 65535")]
+    Port,
+    #[error("public_url must not carry a path, query or fragment; it is scheme://host[:port]")]
+    HasPath,
+}
+
+/// `server.public_url` split into the base URLs a signature may have been computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// As configured first, then the other default-port form if the port is the default.
+    bases: Vec<String>,
+}
+
 impl PublicUrl {
-    /// Parses.
-    pub fn parse(_s: &str) -> Result<Self, String> {
-        Ok(PublicUrl)
+    /// Parses `scheme://host[:port]` (a trailing `/` is tolerated).
+    pub fn parse(s: &str) -> Result<PublicUrl, UrlError> {
+        let s = s.strip_suffix('/').unwrap_or(s);
+        let parts = split_url(s)?;
+        if !parts.rest.is_empty() {
+            return Err(UrlError::HasPath);
+        }
+        Ok(PublicUrl {
+            bases: parts.variants(""),
+        })
+    }
+
+    /// The base URLs to try, in order.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+}
+
+struct UrlParts<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: Option<u16>,
+    rest: &'a str,
+}
+
+impl UrlParts<'_> {
+    fn default_port(&self) -> u16 {
+        if self.scheme == "https" {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// The URL as written first, then its twin with the default port added or removed.
+    fn variants(&self, rest: &str) -> Vec<String> {
+        let (scheme, host, default) = (self.scheme, self.host, self.default_port());
+        match self.port {
+            Some(p) if p == default => vec![
+                format!("{scheme}://{host}:{p}{rest}"),
+                format!("{scheme}://{host}{rest}"),
+            ],
+            Some(p) => vec![format!("{scheme}://{host}:{p}{rest}")],
+            None => vec![
+                format!("{scheme}://{host}{rest}"),
+                format!("{scheme}://{host}:{default}{rest}"),
+            ],
+        }
+    }
+}
+
+fn split_url(s: &str) -> Result<UrlParts<'_>, UrlError> {
+    let (scheme, after) = if let Some(a) = s.strip_prefix("https://") {
+        ("https", a)
+    } else if let Some(a) = s.strip_prefix("http://") {
+        ("http", a)
+    } else {
+        return Err(UrlError::Scheme);
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+            let port: u16 = p.parse().map_err(|_| UrlError::Port)?;
+            if port == 0 {
+                return Err(UrlError::Port);
+            }
+            (h, Some(port))
+        }
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return Err(UrlError::NoHost);
+    }
+    Ok(UrlParts {
+        scheme,
+        host,
+        port,
+        rest,
+    })
+}
+
+/// Every form of a full URL a Twilio library would accept: as given, and with the default port toggled.
+pub fn url_variants(url: &str) -> Result<Vec<String>, UrlError> {
+    let parts = split_url(url)?;
+    Ok(parts.variants(parts.rest))
+}
+
+/// The pairs in Twilio's signing order: by name, then by value (byte order), repeats kept.
+fn sorted_pairs<'f>(form: &'f Form<'_>) -> Vec<(&'f str, &'f str)> {
+    let mut pairs: Vec<(&str, &str)> = form
+        .pairs()
+        .iter()
+        .map(|(n, v)| (n.as_ref(), v.as_ref()))
+        .collect();
+    pairs.sort_unstable();
+    pairs
+}
+
+/// The exact string Twilio signs, for operators comparing with Twilio's console.
+pub fn signed_string(url: &str, form: &Form<'_>) -> String {
+    let mut s = String::from(url);
+    for (n, v) in sorted_pairs(form) {
+        s.push_str(n);
+        s.push_str(v);
+    }
+    s
+}
+
+/// HMAC-SHA1 tag over the URL (prefix + suffix) and the sorted pairs, without building the string.
+fn tag(key: &hmac::Key, url: &str, suffix: &str, pairs: &[(&str, &str)]) -> hmac::Tag {
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(url.as_bytes());
+    ctx.update(suffix.as_bytes());
+    for (n, v) in pairs {
+        ctx.update(n.as_bytes());
+        ctx.update(v.as_bytes());
+    }
+    ctx.sign()
+}
+
+/// The HMAC key for an Auth Token.
+pub fn key(token: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token)
+}
+
+/// The `X-Twilio-Signature` value Twilio would send for this URL, form and token.
+pub fn compute(url: &str, form: &Form<'_>, token: &[u8]) -> String {
+    B64.encode(tag(&key(token), url, "", &sorted_pairs(form)).as_ref())
+}
+
+/// Checks a signature over each `prefix + suffix` URL and every key; returns the index of the prefix that matched.
+///
+/// The webhook passes the public URL's base forms as prefixes and the request's path and
+/// query as suffix, so no URL string is built per request. The MAC is compared in constant time.
+pub fn verify(
+    prefixes: &[String],
+    suffix: &str,
+    form: &Form<'_>,
+    keys: &[hmac::Key],
+    signature: &[u8],
+) -> Option<usize> {
+    let mut sig = [0u8; 32];
+    let n = B64.decode_slice(signature, &mut sig).ok()?;
+    if n != 20 {
+        return None;
+    }
+    let pairs = sorted_pairs(form);
+    for (i, url) in prefixes.iter().enumerate() {
+        for k in keys {
+            let expected = tag(k, url, suffix, &pairs);
+            if constant_time_eq(expected.as_ref(), &sig[..n]) {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// Equality whose time depends only on the lengths, for comparing secrets and MACs.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC_URL: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    const DOC_BODY: &[u8] =
+        b"CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1234&From=%2B12349013030&To=%2B18005551212";
+    const DOC_SIG: &str = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
+
+    #[test]
+    fn twilio_documentation_example() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        assert_eq!(compute(DOC_URL, &form, b"12345"), DOC_SIG);
+        let urls = url_variants(DOC_URL).unwrap();
+        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), Some(0));
+    }
+
+    #[test]
+    fn parameter_order_does_not_matter() {
+        let shuffled = b"To=%2B18005551212&Digits=1234&CallSid=CA1234567890ABCDE&From=%2B12349013030&Caller=%2B12349013030";
+        let form = Form::parse(shuffled).unwrap();
+        assert_eq!(compute(DOC_URL, &form, b"12345"), DOC_SIG);
+    }
+
+    /// A second, independent computation: build the string by hand, HMAC it with ring's one-shot API.
+    #[test]
+    fn matches_independent_computation() {
+        let body = b"Body=Hi+there%21&To=%2B15005550006&From=%2B14155551212&AccountSid=AC00&MessageSid=SM1&NumMedia=0";
+        let url = "https://byosms.mypurecloud.jp/vendors/v1/twilio/b7c9a0818bc343379513f713247b56ce/mo";
+        let expected_string = format!(
+            "{url}AccountSidAC00BodyHi there!From+14155551212MessageSidSM1NumMedia0To+15005550006"
+        );
+        let form = Form::parse(body).unwrap();
+        assert_eq!(signed_string(url, &form), expected_string);
+        let k = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, b"secret-token");
+        let expected = B64.encode(hmac::sign(&k, expected_string.as_bytes()).as_ref());
+        assert_eq!(compute(url, &form, b"secret-token"), expected);
+    }
+
+    #[test]
+    fn repeated_names_sorted_by_value() {
+        let form = Form::parse(b"b=2&a=9&b=1").unwrap();
+        assert_eq!(signed_string("u", &form), "ua9b1b2");
+    }
+
+    #[test]
+    fn default_port_variants_accepted() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        let with_port = "https://mycompany.com:443/myapp.php?foo=1&bar=2";
+        let sig_with_port = compute(with_port, &form, b"12345");
+        let urls = url_variants(DOC_URL).unwrap();
+        assert_eq!(urls[1], with_port);
+        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], sig_with_port.as_bytes()), Some(1));
+        let urls = url_variants(with_port).unwrap();
+        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), Some(1));
+        assert_eq!(url_variants("http://h:8080/x").unwrap(), vec!["http://h:8080/x"]);
+    }
+
+    #[test]
+    fn wrong_inputs_fail() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        let urls = url_variants(DOC_URL).unwrap();
+        assert_eq!(verify(&urls, "", &form, &[key(b"54321")], DOC_SIG.as_bytes()), None);
+        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], b"not base64!"), None);
+        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], b""), None);
+        let tampered = Form::parse(b"CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1235&From=%2B12349013030&To=%2B18005551212").unwrap();
+        assert_eq!(verify(&urls, "", &tampered, &[key(b"12345")], DOC_SIG.as_bytes()), None);
+        let other_url = url_variants("https://mycompany.com/myapp.php?foo=1&bar=3").unwrap();
+        assert_eq!(verify(&other_url, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), None);
+    }
+
+    #[test]
+    fn any_of_several_keys() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        let urls = url_variants(DOC_URL).unwrap();
+        assert!(verify(&urls, "", &form, &[key(b"old"), key(b"12345")], DOC_SIG.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn public_url_parsing() {
+        assert_eq!(
+            PublicUrl::parse("https://sms.example.com/").unwrap().bases(),
+            ["https://sms.example.com", "https://sms.example.com:443"]
+        );
+        assert_eq!(PublicUrl::parse("http://127.0.0.1:8080").unwrap().bases(), ["http://127.0.0.1:8080"]);
+        assert_eq!(PublicUrl::parse("ftp://x"), Err(UrlError::Scheme));
+        assert_eq!(PublicUrl::parse("https://x/path"), Err(UrlError::HasPath));
+        assert_eq!(PublicUrl::parse("https://x:99999"), Err(UrlError::Port));
+        assert_eq!(PublicUrl::parse("https://:443"), Err(UrlError::NoHost));
     }
 }

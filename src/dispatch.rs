@@ -1,0 +1,263 @@
+//! Dispatch: one bounded lock-free channel and one sink worker thread per queue. The
+//! request task `try_send`s and awaits its acknowledgement; the worker drains what is
+//! waiting, makes the batch durable with one call (group commit) and answers each request.
+
+use crate::envelope::Envelope;
+use crate::sink::{QueueSink, SinkError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// One envelope and the request waiting for its durability.
+pub struct Job {
+    envelope: Envelope,
+    done: oneshot::Sender<bool>,
+}
+
+/// Why an envelope could not be handed to its queue; both answer 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("queue is full")]
+    Full,
+    #[error("queue worker has stopped")]
+    Closed,
+}
+
+/// The sending side of one queue, shared by every snapshot entry routed to it.
+pub struct QueueHandle {
+    name: Arc<str>,
+    tx: Sender<Job>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueHandle").field("name", &self.name).finish()
+    }
+}
+
+impl QueueHandle {
+    /// The queue's name, as routing knows it.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Hands an envelope over without blocking; the receiver yields `true` once it is durable.
+    pub fn try_submit(&self, envelope: Envelope) -> Result<oneshot::Receiver<bool>, SubmitError> {
+        let (done, rx) = oneshot::channel();
+        match self.tx.try_send(Job { envelope, done }) {
+            Ok(()) => {
+                metrics::counter!("sms_ingress_enqueued_total", "queue" => self.name.to_string()).increment(1);
+                Ok(rx)
+            }
+            Err(TrySendError::Full(_)) => Err(SubmitError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Whether the last batch of this queue reached its sink.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens the sink of a queue by name; the spool opens (and recovers) its log here.
+pub type SinkFactory = Box<dyn Fn(&str) -> Result<Box<dyn QueueSink>, SinkError> + Send + Sync>;
+
+/// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
+pub struct Dispatcher {
+    queues: Mutex<HashMap<String, Arc<QueueHandle>>>,
+    factory: SinkFactory,
+    capacity: usize,
+    max_batch: usize,
+}
+
+impl Dispatcher {
+    /// A dispatcher whose queues hold `capacity` envelopes and sync at most `max_batch` at once.
+    pub fn new(factory: SinkFactory, capacity: usize, max_batch: usize) -> Dispatcher {
+        Dispatcher {
+            queues: Mutex::new(HashMap::new()),
+            factory,
+            capacity,
+            max_batch,
+        }
+    }
+
+    /// The queue's handle, starting its sink and worker on first use (control plane only).
+    pub fn queue(&self, name: &str) -> Result<Arc<QueueHandle>, SinkError> {
+        let mut queues = self.queues.lock().expect("dispatcher lock");
+        if let Some(q) = queues.get(name) {
+            return Ok(q.clone());
+        }
+        let sink = (self.factory)(name)?;
+        let (tx, rx) = crossbeam_channel::bounded(self.capacity);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let handle = Arc::new(QueueHandle {
+            name: Arc::from(name),
+            tx,
+            healthy: healthy.clone(),
+        });
+        let worker = Worker {
+            queue: name.to_string(),
+            rx,
+            sink,
+            healthy,
+            max_batch: self.max_batch,
+        };
+        std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || worker.run())
+            .map_err(SinkError::Io)?;
+        queues.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// True when every queue's sink took its last batch (for `/readyz`).
+    pub fn healthy(&self) -> bool {
+        self.queues
+            .lock()
+            .expect("dispatcher lock")
+            .values()
+            .all(|q| q.healthy())
+    }
+}
+
+struct Worker {
+    queue: String,
+    rx: Receiver<Job>,
+    sink: Box<dyn QueueSink>,
+    healthy: Arc<AtomicBool>,
+    max_batch: usize,
+}
+
+impl Worker {
+    /// Blocks for the first job, takes whatever else is waiting, syncs once, answers all.
+    fn run(mut self) {
+        let mut batch: Vec<Job> = Vec::with_capacity(self.max_batch);
+        while let Ok(first) = self.rx.recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.flush(&mut batch);
+        }
+    }
+
+    fn flush(&mut self, batch: &mut Vec<Job>) {
+        let envelopes: Vec<&Envelope> = batch.iter().map(|j| &j.envelope).collect();
+        let result = self.sink.write_batch(&envelopes);
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(queue = %self.queue, batch = batch.len(), error = %e, "sink batch failed; answering 503");
+        }
+        if ok != self.healthy.swap(ok, Ordering::Relaxed) {
+            tracing::warn!(queue = %self.queue, healthy = ok, "sink health changed");
+        }
+        if ok {
+            metrics::counter!("sms_ingress_acknowledged_total", "queue" => self.queue.clone())
+                .increment(batch.len() as u64);
+        }
+        metrics::gauge!("sms_ingress_queue_depth", "queue" => self.queue.clone()).set(self.rx.len() as f64);
+        for job in batch.drain(..) {
+            let _ = job.done.send(ok);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Kind;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Counting {
+        batches: Arc<AtomicUsize>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl QueueSink for Counting {
+        fn write_batch(&mut self, _batch: &[&Envelope]) -> Result<(), SinkError> {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.batches.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(SinkError::Unavailable("test".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn env() -> Envelope {
+        Envelope {
+            kind: Kind::Inbound,
+            received_at_ms: 0,
+            org: "o".into(),
+            integration_id: "i".into(),
+            queue: "q".into(),
+            number: "+1".into(),
+            from: String::new(),
+            to: String::new(),
+            message_sid: "SM1".into(),
+            message_status: None,
+            account_sid: String::new(),
+            compliance: None,
+            idempotency_token: None,
+            signature: String::new(),
+            signed_url: String::new(),
+            body: bytes::Bytes::new(),
+        }
+    }
+
+    fn dispatcher(capacity: usize) -> (Dispatcher, Arc<AtomicUsize>, Arc<AtomicBool>) {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(AtomicBool::new(false));
+        let (b, f) = (batches.clone(), fail.clone());
+        let factory: SinkFactory = Box::new(move |_| {
+            Ok(Box::new(Counting {
+                batches: b.clone(),
+                fail: f.clone(),
+            }))
+        });
+        (Dispatcher::new(factory, capacity, 64), batches, fail)
+    }
+
+    #[tokio::test]
+    async fn batches_group_waiting_jobs() {
+        let (d, batches, _) = dispatcher(100);
+        let q = d.queue("q").unwrap();
+        let rxs: Vec<_> = (0..50).map(|_| q.try_submit(env()).unwrap()).collect();
+        for rx in rxs {
+            assert!(rx.await.unwrap());
+        }
+        let n = batches.load(Ordering::SeqCst);
+        assert!(n < 50, "50 jobs took {n} batches; expected grouping");
+        assert!(Arc::ptr_eq(&q, &d.queue("q").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses() {
+        let (d, _, _) = dispatcher(2);
+        let q = d.queue("q").unwrap();
+        let mut results = Vec::new();
+        for _ in 0..10 {
+            results.push(q.try_submit(env()));
+        }
+        assert!(results.iter().any(|r| matches!(r, Err(SubmitError::Full))));
+    }
+
+    #[tokio::test]
+    async fn failed_batch_answers_false_and_marks_unhealthy() {
+        let (d, _, fail) = dispatcher(10);
+        fail.store(true, Ordering::SeqCst);
+        let q = d.queue("q").unwrap();
+        assert!(!q.try_submit(env()).unwrap().await.unwrap());
+        assert!(!d.healthy());
+        fail.store(false, Ordering::SeqCst);
+        assert!(q.try_submit(env()).unwrap().await.unwrap());
+        assert!(d.healthy());
+    }
+}

@@ -1,0 +1,176 @@
+//! Start-up: wires config, master key, sinks, inventory, control plane and listeners
+//! together, in the order that makes `/readyz` truthful.
+
+use crate::config::{Config, SinkKind};
+use crate::control::admin::{self, AdminApi};
+use crate::control::crypto::MasterKey;
+use crate::control::state::State;
+use crate::control::store::{ControlStore, Publisher};
+use crate::dispatch::{Dispatcher, SinkFactory};
+use crate::inventory::{Inventory, Snapshot};
+use crate::policy::Dedup;
+use crate::signature::PublicUrl;
+use crate::sink::spool::SpoolWriter;
+use crate::sink::{QueueSink, SinkError};
+use crate::webhook::Webhook;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens each queue's spool log (recovering a torn tail) the first time a snapshot routes to it.
+fn sink_factory(cfg: &Config) -> SinkFactory {
+    match cfg.sink.kind {
+        SinkKind::Spool => {
+            let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
+            Box::new(move |queue: &str| {
+                let writer = SpoolWriter::open(&dir, queue, segment_bytes)
+                    .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?;
+                Ok(Box::new(writer) as Box<dyn QueueSink>)
+            })
+        }
+    }
+}
+
+/// The control plane's publisher: build a snapshot (rejecting the change if it cannot be built), then swap it in.
+fn publisher(inventory: Arc<Inventory>, dispatcher: Arc<Dispatcher>, key: Arc<MasterKey>, webhook: Arc<Webhook>) -> Publisher {
+    Arc::new(move |state: &State| {
+        let snapshot = Snapshot::build(state, &key, &dispatcher).map_err(|e| e.to_string())?;
+        let (inventory, webhook) = (inventory.clone(), webhook.clone());
+        Ok(Box::new(move || {
+            inventory.publish(snapshot);
+            webhook.set_loaded();
+        }))
+    })
+}
+
+/// Runs the service until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let prometheus = crate::telemetry::install_recorder()?;
+    let key = Arc::new(MasterKey::load(cfg.control.master_key_file.as_deref())?);
+    let region = cfg.region();
+    let public_url = PublicUrl::parse(&cfg.server.public_url).context("server.public_url")?;
+    let inventory = Arc::new(Inventory::default());
+    let dispatcher = Arc::new(Dispatcher::new(sink_factory(&cfg), cfg.queues.capacity, cfg.sink.max_batch));
+    let dedup = Arc::new(Dedup::new(
+        Duration::from_secs(cfg.policy.dedup_window_secs),
+        cfg.policy.dedup_max_entries,
+    ));
+    let webhook = Arc::new(Webhook::new(
+        region.key,
+        public_url.bases().to_vec(),
+        cfg.server.max_body_bytes,
+        cfg.server.retry_after_secs,
+        inventory.clone(),
+        dispatcher.clone(),
+        dedup.clone(),
+    ));
+    let publish = publisher(inventory.clone(), dispatcher.clone(), key.clone(), webhook.clone());
+    let store = Arc::new(
+        ControlStore::open(&cfg.control.state_file, key.clone(), publish)
+            .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?,
+    );
+    let admin_api = Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?);
+    let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
+
+    let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("server.listen {}", cfg.server.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?;
+
+    let loaded_at = {
+        let inventory = inventory.clone();
+        Arc::new(move || {
+            inventory
+                .load()
+                .built_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        })
+    };
+    let metrics_addr = metrics_listener.local_addr()?;
+    tokio::spawn(crate::telemetry::serve_metrics(metrics_listener, prometheus, loaded_at));
+    tokio::spawn(admin::serve(admin_listener, admin_api, std::future::pending()));
+    tokio::spawn(sweep_dedup(dedup, Duration::from_secs(cfg.policy.dedup_window_secs)));
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        metrics = %metrics_addr,
+        admin_socket = %cfg.control.admin_socket.display(),
+        region = region.name,
+        tls = tls.is_some(),
+        numbers = inventory.load().len(),
+        "sms-ingress serving"
+    );
+    tokio::select! {
+        _ = crate::listener::serve(listener, tls, webhook) => {}
+        _ = shutdown_signal() => tracing::info!("shutdown signal received; exiting"),
+    }
+    Ok(())
+}
+
+/// Binds the admin socket (owner-only), replacing a stale socket file from an earlier run.
+fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("control.admin_socket dir {}", dir.display()))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "control.admin_socket {} exists and is not a socket",
+            path.display()
+        );
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("control.admin_socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+async fn sweep_dedup(dedup: Arc<Dedup>, window: Duration) {
+    let period = (window / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        dedup.sweep();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `check-config`: everything `serve` would refuse to start on, without binding anything.
+pub fn check(cfg: &Config) -> anyhow::Result<String> {
+    let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
+    let state = State::load(&cfg.control.state_file)?;
+    for i in &state.integrations {
+        key.open(&i.auth_token, &i.id)
+            .with_context(|| format!("integration {}: Auth Token does not open with this master key", i.id))?;
+    }
+    if let (Some(cert), Some(tls_key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        crate::listener::tls_acceptor(cert, tls_key)?;
+    }
+    Ok(format!(
+        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, sink {:?} at {}",
+        cfg.region().name,
+        cfg.region().webhook_url(),
+        state.integrations.len(),
+        state.numbers.len(),
+        cfg.control.admin_tokens.len(),
+        cfg.sink.kind,
+        cfg.sink.dir.display()
+    ))
+}

@@ -1,0 +1,364 @@
+//! The webhook service: routes a request and runs SPEC section 2's checks in order —
+//! path, method, size, media type, form, inventory, signature, policy — then dispatches the
+//! envelope and answers 200 only once its queue's sink has made it durable.
+
+use crate::dispatch::{Dispatcher, SubmitError};
+use crate::envelope::{Envelope, Kind};
+use crate::form::Form;
+use crate::inventory::{Inventory, NumberEntry, Routing};
+use crate::policy::{Dedup, EMPTY_TWIML};
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// Path prefix of both webhook routes.
+pub const WEBHOOK_PREFIX: &str = "/vendors/v1/twilio/";
+
+/// What a request's path asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Webhook(Kind),
+    Healthz,
+    Readyz,
+    NotFound,
+}
+
+impl Route {
+    /// Maps a path to a route; a webhook path must carry this region's key.
+    pub fn of(path: &str, region_key: &str) -> Route {
+        match path {
+            "/healthz" => return Route::Healthz,
+            "/readyz" => return Route::Readyz,
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix(WEBHOOK_PREFIX) else {
+            return Route::NotFound;
+        };
+        match rest.split_once('/') {
+            Some((key, "mo")) if key == region_key => Route::Webhook(Kind::Inbound),
+            Some((key, "status")) if key == region_key => Route::Webhook(Kind::Status),
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The `route` label of request metrics (bounded set).
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Webhook(Kind::Inbound) => "mo",
+            Route::Webhook(Kind::Status) => "status",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
+    }
+}
+
+/// Every answer the pipeline can give, each with one status and one metric reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted(Bytes),
+    Duplicate,
+    Dropped(&'static str),
+    Rejected(StatusCode, &'static str),
+    Unavailable(&'static str),
+}
+
+/// Everything the service needs, shared by all connections.
+pub struct Webhook {
+    region_key: &'static str,
+    url_bases: Vec<String>,
+    max_body_bytes: usize,
+    retry_after: HeaderValue,
+    inventory: Arc<Inventory>,
+    dispatcher: Arc<Dispatcher>,
+    dedup: Arc<Dedup>,
+    loaded: AtomicBool,
+}
+
+impl Webhook {
+    /// Wires the pipeline; `url_bases` are `server.public_url`'s forms (see `signature::PublicUrl`).
+    pub fn new(
+        region_key: &'static str,
+        url_bases: Vec<String>,
+        max_body_bytes: usize,
+        retry_after_secs: u32,
+        inventory: Arc<Inventory>,
+        dispatcher: Arc<Dispatcher>,
+        dedup: Arc<Dedup>,
+    ) -> Webhook {
+        Webhook {
+            region_key,
+            url_bases,
+            max_body_bytes,
+            retry_after: HeaderValue::from(retry_after_secs),
+            inventory,
+            dispatcher,
+            dedup,
+            loaded: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the first snapshot as loaded, so `/readyz` may answer 200.
+    pub fn set_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// The hyper service function: one request in, one response out, metrics recorded.
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible>
+    where
+        B: http_body::Body + Send,
+        B::Data: Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let start = Instant::now();
+        let route = Route::of(req.uri().path(), self.region_key);
+        let response = match route {
+            Route::Healthz => text(StatusCode::OK, "ok"),
+            Route::Readyz if self.ready() => text(StatusCode::OK, "ready"),
+            Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            Route::NotFound => self.respond(Outcome::Rejected(StatusCode::NOT_FOUND, "not_found")),
+            Route::Webhook(kind) => {
+                let outcome = self.webhook(kind, req).await;
+                self.respond(outcome)
+            }
+        };
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("sms_ingress_requests_total", "route" => route.label(), "status" => status).increment(1);
+        metrics::histogram!("sms_ingress_request_duration_seconds", "route" => route.label())
+            .record(start.elapsed().as_secs_f64());
+        Ok(response)
+    }
+
+    fn ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire) && self.dispatcher.healthy()
+    }
+
+    /// Runs the checks of SPEC section 2 in order and returns what to answer.
+    pub async fn webhook<B>(&self, kind: Kind, req: Request<B>) -> Outcome
+    where
+        B: http_body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let received_at = SystemTime::now();
+        if req.method() != Method::POST {
+            return Outcome::Rejected(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        }
+        if content_length(&req).is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Outcome::Rejected(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Outcome::Rejected(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+            }
+            Err(_) => return Outcome::Rejected(StatusCode::BAD_REQUEST, "body_incomplete"),
+        };
+        if !is_form_content_type(parts.headers.get(CONTENT_TYPE)) {
+            return Outcome::Rejected(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+        }
+        let Ok(form) = Form::parse(&body) else {
+            return Outcome::Rejected(StatusCode::BAD_REQUEST, "malformed_form");
+        };
+        let number_field = match kind {
+            Kind::Inbound => "To",
+            Kind::Status => "From",
+        };
+        let Some(number) = form.get(number_field).filter(|n| !n.is_empty()) else {
+            return Outcome::Rejected(StatusCode::BAD_REQUEST, "number_missing");
+        };
+        let Some(message_sid) = form.get("MessageSid").filter(|s| !s.is_empty()) else {
+            return Outcome::Rejected(StatusCode::BAD_REQUEST, "message_sid_missing");
+        };
+        let Some(entry) = self.inventory.load().lookup(number).cloned() else {
+            return Outcome::Dropped("unknown_number");
+        };
+        let Some(signature) = parts.headers.get("x-twilio-signature") else {
+            return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_missing");
+        };
+        let suffix = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
+        let keys = &entry.integration.keys;
+        let Some(url_index) = crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
+        else {
+            return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_invalid");
+        };
+        let account_sid = form.get("AccountSid").unwrap_or_default();
+        if account_sid != &*entry.integration.account_sid {
+            return Outcome::Rejected(StatusCode::FORBIDDEN, "account_mismatch");
+        }
+        if let Some(reason) = drop_reason(&entry) {
+            return Outcome::Dropped(reason);
+        }
+        let message_status = match kind {
+            Kind::Status => form.get("MessageStatus").map(str::to_owned),
+            Kind::Inbound => None,
+        };
+        let dedup_key = match &message_status {
+            Some(st) => format!("{message_sid}:{st}"),
+            None => message_sid.to_owned(),
+        };
+        if self.dedup.is_duplicate(&dedup_key) {
+            return Outcome::Duplicate;
+        }
+        let compliance = match (kind, &entry.compliance) {
+            (Kind::Inbound, Some(c)) => c.matches(form.get("Body").unwrap_or_default()),
+            _ => None,
+        };
+        let envelope = Envelope {
+            kind,
+            received_at_ms: unix_ms(received_at),
+            org: entry.integration.org.clone(),
+            integration_id: entry.integration.id.clone(),
+            queue: entry.queue.name().clone(),
+            number: number.to_owned(),
+            from: form.get("From").unwrap_or_default().to_owned(),
+            to: form.get("To").unwrap_or_default().to_owned(),
+            message_sid: message_sid.to_owned(),
+            message_status,
+            account_sid: account_sid.to_owned(),
+            compliance: compliance.as_ref().map(|(a, _)| *a),
+            idempotency_token: header_string(&parts.headers, "i-twilio-idempotency-token"),
+            signature: String::from_utf8_lossy(signature.as_bytes()).into_owned(),
+            signed_url: format!("{}{suffix}", self.url_bases[url_index]),
+            body: body.clone(),
+        };
+        let acked = match entry.queue.try_submit(envelope) {
+            Ok(rx) => rx,
+            Err(SubmitError::Full) => return Outcome::Unavailable("queue_full"),
+            Err(SubmitError::Closed) => return Outcome::Unavailable("sink_unavailable"),
+        };
+        if acked.await != Ok(true) {
+            return Outcome::Unavailable("sink_unavailable");
+        }
+        self.dedup.accepted(&dedup_key);
+        match compliance {
+            Some((action, reply)) => {
+                metrics::counter!("sms_ingress_compliance_replies_total", "action" => action.as_str()).increment(1);
+                Outcome::Accepted(reply)
+            }
+            None => Outcome::Accepted(Bytes::from_static(EMPTY_TWIML)),
+        }
+    }
+
+    /// Turns an outcome into its response and counts its reason.
+    fn respond(&self, outcome: Outcome) -> Response<Full<Bytes>> {
+        match outcome {
+            Outcome::Accepted(twiml) => twiml_response(twiml),
+            Outcome::Duplicate => {
+                metrics::counter!("sms_ingress_duplicates_total").increment(1);
+                twiml_response(Bytes::from_static(EMPTY_TWIML))
+            }
+            Outcome::Dropped(reason) => {
+                metrics::counter!("sms_ingress_dropped_total", "reason" => reason).increment(1);
+                tracing::debug!(reason, "webhook dropped");
+                twiml_response(Bytes::from_static(EMPTY_TWIML))
+            }
+            Outcome::Rejected(status, reason) => {
+                metrics::counter!("sms_ingress_rejected_total", "reason" => reason).increment(1);
+                tracing::debug!(reason, status = status.as_u16(), "webhook rejected");
+                let mut resp = text(status, reason);
+                if status == StatusCode::METHOD_NOT_ALLOWED {
+                    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                }
+                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                resp
+            }
+            Outcome::Unavailable(reason) => {
+                metrics::counter!("sms_ingress_rejected_total", "reason" => reason).increment(1);
+                tracing::warn!(reason, "webhook answered 503");
+                let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, reason);
+                resp.headers_mut().insert(RETRY_AFTER, self.retry_after.clone());
+                resp
+            }
+        }
+    }
+}
+
+/// Why a verified webhook is dropped (answered 200, not routed), if it is.
+fn drop_reason(entry: &NumberEntry) -> Option<&'static str> {
+    if !entry.integration.active {
+        return Some("integration_inactive");
+    }
+    match entry.routing {
+        Routing::Active => None,
+        Routing::Disabled => Some("number_disabled"),
+        Routing::Provisioning => Some("number_provisioning"),
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `application/x-www-form-urlencoded`, with or without parameters such as `charset`.
+fn is_form_content_type(value: Option<&HeaderValue>) -> bool {
+    let Some(v) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let media = v.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+}
+
+fn header_string(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn twiml_response(body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let k = "abc";
+        assert_eq!(Route::of("/vendors/v1/twilio/abc/mo", k), Route::Webhook(Kind::Inbound));
+        assert_eq!(Route::of("/vendors/v1/twilio/abc/status", k), Route::Webhook(Kind::Status));
+        assert_eq!(Route::of("/vendors/v1/twilio/xyz/mo", k), Route::NotFound);
+        assert_eq!(Route::of("/vendors/v1/twilio/abc/mo/x", k), Route::NotFound);
+        assert_eq!(Route::of("/vendors/v1/twilio/abc", k), Route::NotFound);
+        assert_eq!(Route::of("/healthz", k), Route::Healthz);
+        assert_eq!(Route::of("/", k), Route::NotFound);
+    }
+
+    #[test]
+    fn content_types() {
+        let h = |s: &'static str| Some(HeaderValue::from_static(s));
+        assert!(is_form_content_type(h("application/x-www-form-urlencoded").as_ref()));
+        assert!(is_form_content_type(h("Application/X-WWW-Form-Urlencoded; charset=UTF-8").as_ref()));
+        assert!(!is_form_content_type(h("application/json").as_ref()));
+        assert!(!is_form_content_type(None));
+    }
+}
