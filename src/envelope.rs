@@ -79,3 +79,396 @@ impl Envelope {
         }
     }
 }
+
+/// The codec version written first in every encoded envelope.
+pub const ENCODING_VERSION: u8 = 1;
+
+/// Why bytes are not an encoded envelope; decoding untrusted input returns this, never panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported envelope encoding version {0}")]
+    UnsupportedVersion(u8),
+    #[error("unknown envelope kind {0}")]
+    BadKind(u8),
+    #[error("unknown compliance action {0}")]
+    BadCompliance(u8),
+    #[error("presence flag of {field} is {value}, expected 0 or 1")]
+    BadFlag { field: &'static str, value: u8 },
+    #[error("envelope truncated in {field}")]
+    Truncated { field: &'static str },
+    #[error("{field} is not valid UTF-8")]
+    InvalidUtf8 { field: &'static str },
+    #[error("{0} trailing bytes after the envelope")]
+    TrailingBytes(usize),
+}
+
+impl Kind {
+    fn to_byte(self) -> u8 {
+        match self {
+            Kind::Inbound => 0,
+            Kind::Status => 1,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Kind, DecodeError> {
+        match b {
+            0 => Ok(Kind::Inbound),
+            1 => Ok(Kind::Status),
+            other => Err(DecodeError::BadKind(other)),
+        }
+    }
+}
+
+fn compliance_to_byte(c: Option<ComplianceAction>) -> u8 {
+    match c {
+        None => 0,
+        Some(ComplianceAction::Help) => 1,
+        Some(ComplianceAction::OptOut) => 2,
+        Some(ComplianceAction::ReOptIn) => 3,
+    }
+}
+
+fn compliance_from_byte(b: u8) -> Result<Option<ComplianceAction>, DecodeError> {
+    match b {
+        0 => Ok(None),
+        1 => Ok(Some(ComplianceAction::Help)),
+        2 => Ok(Some(ComplianceAction::OptOut)),
+        3 => Ok(Some(ComplianceAction::ReOptIn)),
+        other => Err(DecodeError::BadCompliance(other)),
+    }
+}
+
+fn put_field(out: &mut Vec<u8>, field: &[u8]) {
+    // Fields are bounded by the request size limit; an impossible >4 GiB field encodes an
+    // inconsistent length that decode rejects, and the spool's record limit rejects first.
+    let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(field);
+}
+
+fn put_optional(out: &mut Vec<u8>, field: Option<&str>) {
+    match field {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            put_field(out, s.as_bytes());
+        }
+    }
+}
+
+/// A bounds-checked cursor over untrusted bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let (head, rest) = self
+            .buf
+            .split_at_checked(n)
+            .ok_or(DecodeError::Truncated { field })?;
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, field)?[0])
+    }
+
+    fn i64_le(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        let raw = self.take(8, field)?;
+        Ok(i64::from_le_bytes(raw.try_into().expect("took 8 bytes")))
+    }
+
+    fn field(&mut self, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        let raw = self.take(4, field)?;
+        let len = u32::from_le_bytes(raw.try_into().expect("took 4 bytes"));
+        let len = usize::try_from(len).map_err(|_| DecodeError::Truncated { field })?;
+        self.take(len, field)
+    }
+
+    fn str(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.field(field)?).map_err(|_| DecodeError::InvalidUtf8 { field })
+    }
+
+    fn optional(&mut self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
+        match self.byte(field)? {
+            0 => Ok(None),
+            1 => self.str(field).map(Some),
+            value => Err(DecodeError::BadFlag { field, value }),
+        }
+    }
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds; `None` outside 1970..=9999.
+fn rfc3339_millis(ms: i64) -> Option<String> {
+    const MAX_MS: i64 = 253_402_300_800_000 - 1;
+    if !(0..=MAX_MS).contains(&ms) {
+        return None;
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    Some(humantime::format_rfc3339_millis(at).to_string())
+}
+
+impl Envelope {
+    /// Appends the compact binary form a sink stores (see `decode` for the layout).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(ENCODING_VERSION);
+        out.push(self.kind.to_byte());
+        out.push(compliance_to_byte(self.compliance));
+        out.extend_from_slice(&self.received_at_ms.to_le_bytes());
+        put_field(out, self.org.as_bytes());
+        put_field(out, self.integration_id.as_bytes());
+        put_field(out, self.queue.as_bytes());
+        put_field(out, self.number.as_bytes());
+        put_field(out, self.from.as_bytes());
+        put_field(out, self.to.as_bytes());
+        put_field(out, self.message_sid.as_bytes());
+        put_optional(out, self.message_status.as_deref());
+        put_field(out, self.account_sid.as_bytes());
+        put_optional(out, self.idempotency_token.as_deref());
+        put_field(out, self.signature.as_bytes());
+        put_field(out, self.signed_url.as_bytes());
+        put_field(out, &self.body);
+    }
+
+    /// Reads what `encode` wrote, rejecting anything else without panicking.
+    ///
+    /// Layout: version (1), kind (0 inbound, 1 status), compliance (0 none, 1 help,
+    /// 2 opt_out, 3 re_opt_in), i64 LE `received_at_ms`, then u32-LE-length-prefixed
+    /// fields org, integration_id, queue, number, from, to, message_sid, message_status
+    /// (flag byte 0/1, field only if 1), account_sid, idempotency_token (flag, field),
+    /// signature, signed_url, body.
+    pub fn decode(buf: &[u8]) -> Result<Envelope, DecodeError> {
+        let mut c = Cursor { buf };
+        let version = c.byte("version")?;
+        if version != ENCODING_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        let kind = Kind::from_byte(c.byte("kind")?)?;
+        let compliance = compliance_from_byte(c.byte("compliance")?)?;
+        let received_at_ms = c.i64_le("received_at_ms")?;
+        let env = Envelope {
+            kind,
+            received_at_ms,
+            org: c.str("org")?.into(),
+            integration_id: c.str("integration_id")?.into(),
+            queue: c.str("queue")?.into(),
+            number: c.str("number")?.to_owned(),
+            from: c.str("from")?.to_owned(),
+            to: c.str("to")?.to_owned(),
+            message_sid: c.str("message_sid")?.to_owned(),
+            message_status: c.optional("message_status")?.map(str::to_owned),
+            account_sid: c.str("account_sid")?.to_owned(),
+            compliance,
+            idempotency_token: c.optional("idempotency_token")?.map(str::to_owned),
+            signature: c.str("signature")?.to_owned(),
+            signed_url: c.str("signed_url")?.to_owned(),
+            body: Bytes::copy_from_slice(c.field("body")?),
+        };
+        if !c.buf.is_empty() {
+            return Err(DecodeError::TrailingBytes(c.buf.len()));
+        }
+        Ok(env)
+    }
+
+    /// The NDJSON object `spool tail` prints for consumers; `received_at` is null if the
+    /// timestamp is outside years 1970..=9999, and a non-UTF-8 body goes to `body_base64`.
+    pub fn to_json(&self, offset: u64) -> serde_json::Value {
+        let mut obj = serde_json::json!({
+            "offset": offset,
+            "kind": self.kind.as_str(),
+            "received_at": rfc3339_millis(self.received_at_ms),
+            "org": &*self.org,
+            "integration_id": &*self.integration_id,
+            "queue": &*self.queue,
+            "number": self.number,
+            "from": self.from,
+            "to": self.to,
+            "message_sid": self.message_sid,
+            "message_status": self.message_status,
+            "account_sid": self.account_sid,
+            "compliance_action": self.compliance.map(ComplianceAction::as_str),
+            "idempotency_token": self.idempotency_token,
+            "signature": self.signature,
+            "signed_url": self.signed_url,
+        });
+        let map = obj.as_object_mut().expect("built as an object");
+        match std::str::from_utf8(&self.body) {
+            Ok(text) => map.insert("body".into(), text.into()),
+            Err(_) => {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.body);
+                map.insert("body_base64".into(), b64.into())
+            }
+        };
+        obj
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(status: Option<&str>, token: Option<&str>, c: Option<ComplianceAction>) -> Envelope {
+        Envelope {
+            kind: if status.is_some() {
+                Kind::Status
+            } else {
+                Kind::Inbound
+            },
+            received_at_ms: 1_795_716_000_123,
+            org: "org-1".into(),
+            integration_id: "int-1".into(),
+            queue: "q1".into(),
+            number: "+15550001111".into(),
+            from: "+15552223333".into(),
+            to: "+15550001111".into(),
+            message_sid: "SM0123456789abcdef0123456789abcdef".into(),
+            message_status: status.map(Into::into),
+            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+            compliance: c,
+            idempotency_token: token.map(Into::into),
+            signature: "c2lnbmF0dXJl".into(),
+            signed_url: "https://sms.example.com/mo".into(),
+            body: Bytes::from_static(b"Body=Hello+%C3%A9&From=%2B15552223333"),
+        }
+    }
+
+    fn all_variants() -> Vec<Envelope> {
+        let mut out = Vec::new();
+        for status in [None, Some("delivered"), Some("")] {
+            for token in [None, Some("tok-1")] {
+                for c in [
+                    None,
+                    Some(ComplianceAction::Help),
+                    Some(ComplianceAction::OptOut),
+                    Some(ComplianceAction::ReOptIn),
+                ] {
+                    out.push(sample(status, token, c));
+                }
+            }
+        }
+        out
+    }
+
+    fn encoded(env: &Envelope) -> Vec<u8> {
+        let mut buf = Vec::new();
+        env.encode(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn round_trips_every_optional_set_and_unset() {
+        for env in all_variants() {
+            assert_eq!(Envelope::decode(&encoded(&env)).unwrap(), env);
+        }
+        let mut binary = sample(None, None, None);
+        binary.body = Bytes::from_static(&[0, 0xff, 0xfe, 10]);
+        binary.received_at_ms = -5;
+        assert_eq!(Envelope::decode(&encoded(&binary)).unwrap(), binary);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        for env in all_variants() {
+            let buf = encoded(&env);
+            for cut in 0..buf.len() {
+                assert!(
+                    Envelope::decode(&buf[..cut]).is_err(),
+                    "prefix {cut} decoded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_trailing_bytes_bad_utf8_and_bad_tags() {
+        let env = sample(Some("sent"), Some("t"), None);
+        let mut buf = encoded(&env);
+        buf.push(0);
+        assert_eq!(Envelope::decode(&buf), Err(DecodeError::TrailingBytes(1)));
+
+        let mut buf = encoded(&env);
+        buf[0] = 2;
+        assert_eq!(
+            Envelope::decode(&buf),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+        let mut buf = encoded(&env);
+        buf[1] = 7;
+        assert_eq!(Envelope::decode(&buf), Err(DecodeError::BadKind(7)));
+        let mut buf = encoded(&env);
+        buf[2] = 4;
+        assert_eq!(Envelope::decode(&buf), Err(DecodeError::BadCompliance(4)));
+
+        // The org field starts after the 11-byte header and its 4-byte length.
+        let mut buf = encoded(&env);
+        buf[15] = 0xff;
+        assert_eq!(
+            Envelope::decode(&buf),
+            Err(DecodeError::InvalidUtf8 { field: "org" })
+        );
+    }
+
+    /// A small deterministic generator, so the garbage test needs no extra crate.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 300) as usize;
+            let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            if let Ok(env) = Envelope::decode(&buf) {
+                let _ = env.to_json(0);
+            }
+        }
+        // Mutations of valid encodings reach deeper into the decoder.
+        let base = encoded(&sample(Some("delivered"), Some("tok"), None));
+        for _ in 0..20_000 {
+            let mut buf = base.clone();
+            for _ in 0..=(rng.next() % 4) {
+                let i = (rng.next() as usize) % buf.len();
+                buf[i] = rng.next() as u8;
+            }
+            if let Ok(env) = Envelope::decode(&buf) {
+                let _ = env.to_json(0);
+            }
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_keys() {
+        let env = sample(None, None, Some(ComplianceAction::OptOut));
+        let v = env.to_json(42);
+        assert_eq!(v["offset"], 42);
+        assert_eq!(v["kind"], "inbound");
+        assert_eq!(v["received_at"], "2026-11-26T18:00:00.123Z");
+        assert_eq!(v["message_status"], serde_json::Value::Null);
+        assert_eq!(v["idempotency_token"], serde_json::Value::Null);
+        assert_eq!(v["compliance_action"], "opt_out");
+        assert_eq!(v["body"], "Body=Hello+%C3%A9&From=%2B15552223333");
+        assert!(v.get("body_base64").is_none());
+
+        let mut bin = sample(Some("failed"), Some("t"), None);
+        bin.body = Bytes::from_static(&[0xff, 0x00]);
+        bin.received_at_ms = -1;
+        let v = bin.to_json(0);
+        assert_eq!(v["kind"], "status");
+        assert_eq!(v["message_status"], "failed");
+        assert_eq!(v["idempotency_token"], "t");
+        assert_eq!(v["body_base64"], "/wA=");
+        assert!(v.get("body").is_none());
+        assert_eq!(v["received_at"], serde_json::Value::Null);
+    }
+}
