@@ -1,4 +1,7 @@
 //! The control plane: integrations and numbers, persisted and swapped into the data plane.
 
+pub mod admin;
 pub mod crypto;
+pub mod import;
 pub mod state;
+pub mod store;

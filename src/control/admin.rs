@@ -1,0 +1,935 @@
+//! The admin API (SPEC section 4): HTTP/1.1 + JSON on a Unix socket, served with hyper
+//! directly. It authenticates a bearer token, checks the route's permission, and turns
+//! each request into one `ControlStore::apply` (writes) or `snapshot` (reads). A token
+//! sees its own org only; Auth Tokens go in, are sealed, and never come out.
+
+use super::crypto::{Sealed, Secret};
+use super::import::{check_import, ImportError, ImportRequest};
+use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, StateError};
+use super::store::ControlStore;
+use crate::config::{AdminToken, Permission};
+use crate::regions::{Region, REGIONS};
+use bytes::Bytes;
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Largest request body the admin API reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An API failure: the HTTP status and the `{"code","message"}` body it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    /// Any error the contract names.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// The HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    /// The machine-readable code of the body.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+    /// The human message of the body.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    /// A malformed request (bad JSON, bad field value).
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    /// Missing or unknown; also what another org's objects look like.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+    /// Something on our side failed; the details are in the log, not the response.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+    /// The change would break a state invariant.
+    pub fn state_invalid(e: &StateError) -> Self {
+        Self::new(StatusCode::CONFLICT, "state_invalid", e.to_string())
+    }
+    /// The data plane refused to prepare the new state.
+    pub fn publish_failed(reason: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "publish_failed",
+            format!("the data plane refused the change: {reason}"),
+        )
+    }
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or unknown bearer token",
+        )
+    }
+    fn forbidden(p: Permission) -> Self {
+        let name = serde_json::to_value(p)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this token lacks the {} permission",
+                name.unwrap_or_default()
+            ),
+        )
+    }
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        ApiError::new(e.status(), e.code(), e.to_string())
+    }
+}
+
+/// Why the admin API could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// A `token_sha256` is not 64 hex digits.
+    #[error("control.admin_tokens: token_sha256 of org {org} is not 64 hex digits")]
+    BadTokenHash {
+        /// The org of the offending token.
+        org: String,
+    },
+}
+
+/// One configured token, hash decoded.
+struct TokenEntry {
+    hash: [u8; 32],
+    principal: Principal,
+}
+
+/// Who is calling: the token's audit name, org and permissions.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Audit name of the token (never the token).
+    pub token_id: String,
+    /// The only org this token sees.
+    pub org: String,
+    /// What this token may do.
+    pub permissions: HashSet<Permission>,
+}
+
+/// The admin API: configured tokens, the store, and the region whose webhook URL it shows.
+pub struct AdminApi {
+    store: Arc<ControlStore>,
+    tokens: Vec<TokenEntry>,
+    region: &'static Region,
+}
+
+/// One operation of the contract, resolved from method and path.
+#[derive(Debug, Clone)]
+enum Op {
+    CreateIntegration,
+    ListIntegrations,
+    GetIntegration(String),
+    PatchIntegration(String),
+    DeleteIntegration(String),
+    ImportNumber,
+    ListNumbers,
+    DeleteNumber(String),
+    Regions,
+    ReplayDeadLetters,
+}
+
+impl Op {
+    /// The permission the route needs; `None` means any valid token.
+    fn permission(&self) -> Option<Permission> {
+        Some(match self {
+            Op::CreateIntegration => Permission::IntegrationAdd,
+            Op::ListIntegrations | Op::GetIntegration(_) => Permission::IntegrationView,
+            Op::PatchIntegration(_) | Op::ReplayDeadLetters => Permission::IntegrationEdit,
+            Op::DeleteIntegration(_) => Permission::IntegrationDelete,
+            Op::ImportNumber | Op::ListNumbers | Op::DeleteNumber(_) => Permission::SmsNumberAll,
+            Op::Regions => return None,
+        })
+    }
+
+    fn has_body(&self) -> bool {
+        matches!(
+            self,
+            Op::CreateIntegration
+                | Op::PatchIntegration(_)
+                | Op::ImportNumber
+                | Op::ReplayDeadLetters
+        )
+    }
+}
+
+/// Resolves a path to its allowed methods and the operation per method.
+fn route(method: &Method, path: &str) -> Result<Op, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route");
+    let rest = path.strip_prefix("/api/v1/").ok_or_else(not_found)?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let decode = |s: &str| -> Result<String, ApiError> {
+        percent_decode(s)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| ApiError::invalid_request("bad percent-encoding in path"))
+    };
+    let allowed: &[Method] = match segments.as_slice() {
+        ["integrations"] => match *method {
+            Method::POST => return Ok(Op::CreateIntegration),
+            Method::GET => return Ok(Op::ListIntegrations),
+            _ => &[Method::GET, Method::POST],
+        },
+        ["integrations", id] if !id.is_empty() => match *method {
+            Method::GET => return Ok(Op::GetIntegration(decode(id)?)),
+            Method::PATCH => return Ok(Op::PatchIntegration(decode(id)?)),
+            Method::DELETE => return Ok(Op::DeleteIntegration(decode(id)?)),
+            _ => &[Method::GET, Method::PATCH, Method::DELETE],
+        },
+        ["numbers"] => match *method {
+            Method::POST => return Ok(Op::ImportNumber),
+            Method::GET => return Ok(Op::ListNumbers),
+            _ => &[Method::GET, Method::POST],
+        },
+        ["numbers", sid] if !sid.is_empty() => match *method {
+            Method::DELETE => return Ok(Op::DeleteNumber(decode(sid)?)),
+            _ => &[Method::DELETE],
+        },
+        ["regions"] => match *method {
+            Method::GET => return Ok(Op::Regions),
+            _ => &[Method::GET],
+        },
+        ["dead-letters", "replay"] => match *method {
+            Method::POST => return Ok(Op::ReplayDeadLetters),
+            _ => &[Method::POST],
+        },
+        _ => return Err(not_found()),
+    };
+    let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("allowed: {}", names.join(", ")),
+    ))
+}
+
+/// Decodes `%XX` escapes (`%2B` → `+`); a literal `+` stays `+`. `None` if malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let text = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(text, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The value of one query parameter, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, ApiError> {
+    for pair in query.unwrap_or("").split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            return percent_decode(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid_request("bad percent-encoding in query"));
+        }
+    }
+    Ok(None)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    let mut resp = json_response(e.status, &json!({"code": e.code, "message": e.message}));
+    if e.status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if e.status == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = e.message.trim_start_matches("allowed: ");
+        if let Ok(v) = HeaderValue::from_str(allow) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
+    }
+    resp
+}
+
+/// What a successful operation answers: a status and, unless 204, a JSON body.
+type Reply = (StatusCode, Option<Value>);
+
+impl AdminApi {
+    /// Builds the API from the configured tokens; `region` is this instance's region.
+    pub fn new(
+        store: Arc<ControlStore>,
+        tokens: &[AdminToken],
+        region: &'static Region,
+    ) -> Result<Self, AdminError> {
+        let tokens = tokens
+            .iter()
+            .map(|t| {
+                let hash: [u8; 32] = hex::decode(&t.token_sha256)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| AdminError::BadTokenHash { org: t.org.clone() })?;
+                let token_id =
+                    t.id.clone()
+                        .unwrap_or_else(|| t.token_sha256[..8].to_ascii_lowercase());
+                Ok(TokenEntry {
+                    hash,
+                    principal: Principal {
+                        token_id,
+                        org: t.org.clone(),
+                        permissions: t.permissions.iter().copied().collect(),
+                    },
+                })
+            })
+            .collect::<Result<_, AdminError>>()?;
+        Ok(AdminApi {
+            store,
+            tokens,
+            region,
+        })
+    }
+
+    /// The store behind the API.
+    pub fn store(&self) -> &Arc<ControlStore> {
+        &self.store
+    }
+
+    /// Finds the caller by the SHA-256 of the bearer token, comparing in constant time.
+    pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Option<&Principal> {
+        let value = authorization?.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return None;
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut found = None;
+        for entry in &self.tokens {
+            let same = constant_time_eq(&entry.hash, digest.as_ref());
+            if same && found.is_none() {
+                found = Some(&entry.principal);
+            }
+        }
+        found
+    }
+
+    /// Answers one request; every outcome, errors included, is a JSON response.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.handle_inner(req).await {
+            Ok((status, Some(body))) => json_response(status, &body),
+            Ok((status, None)) => {
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = status;
+                resp
+            }
+            Err(e) => error_response(&e),
+        }
+    }
+
+    async fn handle_inner<B>(&self, req: Request<B>) -> Result<Reply, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let who = self
+            .authenticate(req.headers().get(AUTHORIZATION))
+            .cloned()
+            .ok_or_else(ApiError::unauthorized)?;
+        let op = route(req.method(), req.uri().path())?;
+        if let Some(p) = op.permission() {
+            if !who.permissions.contains(&p) {
+                return Err(ApiError::forbidden(p));
+            }
+        }
+        let query = req.uri().query().map(str::to_string);
+        let body = if op.has_body() {
+            read_body(req).await?
+        } else {
+            Bytes::new()
+        };
+        let store = Arc::clone(&self.store);
+        let region = self.region;
+        // Writes fsync the state file: keep that off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let ctx = Ctx {
+                store: &store,
+                who: &who,
+                region,
+            };
+            ctx.run(op, query.as_deref(), &body)
+        })
+        .await
+        .unwrap_or_else(|_| Err(ApiError::internal("the request handler failed")))
+    }
+}
+
+/// Equal-length slices compared without an early exit, so timing reveals nothing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the whole body, refusing more than `MAX_BODY_BYTES`.
+async fn read_body<B>(req: Request<B>) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::invalid_request(
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+}
+
+/// The JSON shape of an integration: never a token.
+#[derive(Serialize)]
+struct IntegrationView<'a> {
+    id: &'a str,
+    org: &'a str,
+    name: &'a str,
+    notes: &'a str,
+    account_sid: &'a str,
+    status: IntegrationStatus,
+    has_next_auth_token: bool,
+    number_count: usize,
+}
+
+fn integration_view(state: &State, i: &Integration) -> Value {
+    let view = IntegrationView {
+        id: &i.id,
+        org: &i.org,
+        name: &i.name,
+        notes: &i.notes,
+        account_sid: &i.account_sid,
+        status: i.status,
+        has_next_auth_token: i.next_auth_token.is_some(),
+        number_count: state
+            .numbers
+            .iter()
+            .filter(|n| n.integration_id == i.id)
+            .count(),
+    };
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
+/// The JSON shape of a number: the stored record plus its org.
+#[derive(Serialize)]
+struct NumberView<'a> {
+    #[serde(flatten)]
+    number: &'a Number,
+    org: &'a str,
+}
+
+fn number_view(n: &Number, org: &str) -> Value {
+    serde_json::to_value(NumberView { number: n, org }).unwrap_or(Value::Null)
+}
+
+/// `POST /api/v1/integrations`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateIntegration {
+    name: String,
+    #[serde(default)]
+    notes: String,
+    account_sid: String,
+    auth_token: String,
+    #[serde(default)]
+    status: Option<IntegrationStatus>,
+}
+
+/// `PATCH /api/v1/integrations/{id}`: absent leaves a field alone, null clears it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchIntegration {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    notes: Option<Option<String>>,
+    #[serde(default)]
+    auth_token: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    next_auth_token: Option<Option<String>>,
+    #[serde(default)]
+    status: Option<IntegrationStatus>,
+}
+
+/// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A fresh integration id: `int-` and 16 random hex digits.
+fn new_integration_id() -> Result<String, ApiError> {
+    use ring::rand::SecureRandom;
+    let mut raw = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut raw)
+        .map_err(|_| ApiError::internal("random generator failed"))?;
+    Ok(format!("int-{}", hex::encode(raw)))
+}
+
+fn find_own<'a>(
+    state: &'a mut State,
+    org: &str,
+    id: &str,
+) -> Result<&'a mut Integration, ApiError> {
+    state
+        .integrations
+        .iter_mut()
+        .find(|i| i.id == id && i.org == org)
+        .ok_or_else(|| ApiError::not_found("integration"))
+}
+
+/// One request's context on the blocking pool.
+struct Ctx<'a> {
+    store: &'a ControlStore,
+    who: &'a Principal,
+    region: &'static Region,
+}
+
+impl Ctx<'_> {
+    fn run(&self, op: Op, query: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
+        match op {
+            Op::ListIntegrations => Ok(self.list_integrations()),
+            Op::GetIntegration(id) => self.get_integration(&id),
+            Op::ListNumbers => self.list_numbers(query),
+            Op::Regions => Ok(self.regions()),
+            Op::ReplayDeadLetters => Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                "dead-letter replay is not available yet",
+            )),
+            Op::CreateIntegration => {
+                self.audited("integration.create", "-", || self.create_integration(body))
+            }
+            Op::PatchIntegration(id) => self.audited("integration.update", &id, || {
+                self.patch_integration(&id, body)
+            }),
+            Op::DeleteIntegration(id) => {
+                self.audited("integration.delete", &id, || self.delete_integration(&id))
+            }
+            Op::ImportNumber => self.audited("number.import", "-", || self.import_number(body)),
+            Op::DeleteNumber(sid) => {
+                self.audited("number.delete", &sid, || self.delete_number(&sid))
+            }
+        }
+    }
+
+    /// Runs a change and writes one audit line for it: who, what, and the outcome.
+    fn audited(
+        &self,
+        action: &'static str,
+        target: &str,
+        f: impl FnOnce() -> Result<Reply, ApiError>,
+    ) -> Result<Reply, ApiError> {
+        let result = f();
+        let target = match &result {
+            Ok((_, Some(v))) => v
+                .get("id")
+                .or_else(|| v.get("sender_id"))
+                .and_then(Value::as_str)
+                .unwrap_or(target)
+                .to_string(),
+            _ => target.to_string(),
+        };
+        let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code());
+        tracing::info!(
+            org = %self.who.org,
+            token_id = %self.who.token_id,
+            action,
+            target = %target,
+            result = outcome,
+            "admin change"
+        );
+        result
+    }
+
+    fn org(&self) -> &str {
+        &self.who.org
+    }
+
+    fn seal(&self, token: &str, integration_id: &str) -> Result<Sealed, ApiError> {
+        if token.trim().is_empty() {
+            return Err(ApiError::invalid_request("auth_token must not be empty"));
+        }
+        self.store
+            .master_key()
+            .seal(&Secret::new(token), integration_id)
+            .map_err(|_| ApiError::internal("the Auth Token could not be sealed"))
+    }
+
+    fn list_integrations(&self) -> Reply {
+        let state = self.store.snapshot();
+        let list: Vec<Value> = state
+            .integrations
+            .iter()
+            .filter(|i| i.org == self.org())
+            .map(|i| integration_view(&state, i))
+            .collect();
+        (StatusCode::OK, Some(Value::Array(list)))
+    }
+
+    fn get_integration(&self, id: &str) -> Result<Reply, ApiError> {
+        let mut state = self.store.snapshot();
+        let found = find_own(&mut state, self.org(), id)?.clone();
+        Ok((StatusCode::OK, Some(integration_view(&state, &found))))
+    }
+
+    fn create_integration(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: CreateIntegration = parse(body)?;
+        if req.name.trim().is_empty() {
+            return Err(ApiError::invalid_request("name must not be empty"));
+        }
+        if !super::state::is_account_sid(&req.account_sid) {
+            return Err(ApiError::invalid_request(
+                "account_sid must be AC followed by 32 hex digits",
+            ));
+        }
+        let id = new_integration_id()?;
+        let auth_token = self.seal(&req.auth_token, &id)?;
+        let integration = Integration {
+            id: id.clone(),
+            org: self.org().to_string(),
+            name: req.name,
+            notes: req.notes,
+            account_sid: req.account_sid,
+            auth_token,
+            next_auth_token: None,
+            status: req.status.unwrap_or(IntegrationStatus::Active),
+        };
+        let view = self.store.apply(|s| {
+            if s.integration(&id).is_some() {
+                return Err(ApiError::internal("integration id collision; retry"));
+            }
+            s.integrations.push(integration);
+            let i = s.integration(&id).expect("just inserted");
+            Ok(integration_view(s, i))
+        })?;
+        Ok((StatusCode::CREATED, Some(view)))
+    }
+
+    fn patch_integration(&self, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: PatchIntegration = parse(body)?;
+        if req.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ApiError::invalid_request("name must not be empty"));
+        }
+        let auth_token = req
+            .auth_token
+            .as_deref()
+            .map(|t| self.seal(t, id))
+            .transpose()?;
+        let next_auth_token = match &req.next_auth_token {
+            Some(Some(t)) => Some(Some(self.seal(t, id)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        let view = self.store.apply(|s| {
+            let i = find_own(s, self.org(), id)?;
+            if let Some(name) = req.name {
+                i.name = name;
+            }
+            if let Some(notes) = req.notes {
+                i.notes = notes.unwrap_or_default();
+            }
+            if let Some(sealed) = auth_token {
+                i.auth_token = sealed;
+            }
+            if let Some(next) = next_auth_token {
+                i.next_auth_token = next;
+            }
+            if let Some(status) = req.status {
+                i.status = status;
+                set_number_status(s, id, status);
+            }
+            let i = s.integration(id).expect("found above");
+            Ok(integration_view(s, i))
+        })?;
+        Ok((StatusCode::OK, Some(view)))
+    }
+
+    fn delete_integration(&self, id: &str) -> Result<Reply, ApiError> {
+        self.store.apply(|s| {
+            find_own(s, self.org(), id)?;
+            s.integrations.retain(|i| i.id != id);
+            s.numbers.retain(|n| n.integration_id != id);
+            Ok(())
+        })?;
+        Ok((StatusCode::NO_CONTENT, None))
+    }
+
+    fn import_number(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: ImportRequest = parse(body)?;
+        let org = self.org();
+        // Cheap checks first, against the current state and the imports under way.
+        check_import(&self.store.snapshot(), org, &req, &self.store.in_flight())?;
+        let _reservation = self
+            .store
+            .reserve(&req.sender_id)
+            .ok_or(ImportError::ProvisioningInProgress)?;
+        // The vendor (Twilio REST) checks will run here, without the state lock.
+        let number = self.store.apply(|s| {
+            let number = check_import(s, org, &req, &HashSet::new())?;
+            s.numbers.push(number.clone());
+            Ok(number)
+        })?;
+        Ok((StatusCode::CREATED, Some(number_view(&number, org))))
+    }
+
+    fn list_numbers(&self, query: Option<&str>) -> Result<Reply, ApiError> {
+        let filter = query_param(query, "integration_id")?;
+        let state = self.store.snapshot();
+        let own: HashSet<&str> = state
+            .integrations
+            .iter()
+            .filter(|i| i.org == self.org())
+            .map(|i| i.id.as_str())
+            .collect();
+        let list: Vec<Value> = state
+            .numbers
+            .iter()
+            .filter(|n| own.contains(n.integration_id.as_str()))
+            .filter(|n| filter.is_none() || filter.as_deref() == Some(n.integration_id.as_str()))
+            .map(|n| number_view(n, self.org()))
+            .collect();
+        Ok((StatusCode::OK, Some(Value::Array(list))))
+    }
+
+    fn delete_number(&self, sender_id: &str) -> Result<Reply, ApiError> {
+        self.store.apply(|s| {
+            let owned = s.numbers.iter().any(|n| {
+                n.sender_id == sender_id
+                    && s.integration(&n.integration_id)
+                        .is_some_and(|i| i.org == self.org())
+            });
+            if !owned {
+                return Err(ApiError::not_found("number"));
+            }
+            s.numbers.retain(|n| n.sender_id != sender_id);
+            Ok(())
+        })?;
+        Ok((StatusCode::NO_CONTENT, None))
+    }
+
+    fn regions(&self) -> Reply {
+        let table: Vec<Value> = REGIONS
+            .iter()
+            .map(|r| json!({"name": r.name, "host": r.host, "key": r.key, "webhook_url": r.webhook_url()}))
+            .collect();
+        let body = json!({
+            "region": self.region.name,
+            "webhook_url": self.region.webhook_url(),
+            "regions": table,
+        });
+        (StatusCode::OK, Some(body))
+    }
+}
+
+/// Deactivation disables an integration's numbers; reactivation makes them active again.
+fn set_number_status(state: &mut State, integration_id: &str, status: IntegrationStatus) {
+    let (from, to) = match status {
+        IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
+        IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
+    };
+    for n in state.numbers.iter_mut() {
+        if n.integration_id == integration_id && n.status == from {
+            n.status = to;
+        }
+    }
+}
+
+/// Serves the admin API on a Unix socket until `shutdown` resolves, then lets open
+/// connections finish their current request.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    api: Arc<AdminApi>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_connection(stream, Arc::clone(&api), stop_rx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    api: Arc<AdminApi>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper::service::service_fn(move |req| {
+        let api = Arc::clone(&api);
+        async move { Ok::<_, Infallible>(api.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_methods() {
+        assert!(matches!(
+            route(&Method::GET, "/api/v1/integrations"),
+            Ok(Op::ListIntegrations)
+        ));
+        assert!(matches!(
+            route(&Method::DELETE, "/api/v1/numbers/%2B15551230001"),
+            Ok(Op::DeleteNumber(s)) if s == "+15551230001"
+        ));
+        assert!(matches!(
+            route(&Method::DELETE, "/api/v1/numbers/+15551230001"),
+            Ok(Op::DeleteNumber(s)) if s == "+15551230001"
+        ));
+        assert_eq!(
+            route(&Method::PUT, "/api/v1/integrations")
+                .unwrap_err()
+                .status(),
+            405
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/nope").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/integrations/a/b")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::GET, "/api/v1/integrations/")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/api/v1/numbers/%zz")
+                .unwrap_err()
+                .status(),
+            400
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%2B1%20a").as_deref(), Some("+1 a"));
+        assert_eq!(percent_decode("%2").as_deref(), None);
+        assert_eq!(percent_decode("%ff").as_deref(), None);
+        assert_eq!(
+            query_param(Some("a=1&integration_id=int-%41"), "integration_id")
+                .unwrap()
+                .as_deref(),
+            Some("int-A")
+        );
+        assert_eq!(query_param(None, "x").unwrap(), None);
+    }
+
+    #[test]
+    fn import_errors_map_to_contract() {
+        let e: ApiError = ImportError::NumberUnavailable.into();
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::CONFLICT, "number_unavailable")
+        );
+    }
+}

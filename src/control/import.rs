@@ -1,0 +1,524 @@
+//! The local checks of a number import (SPEC section 4, the seed's error table): pure
+//! functions over the current state, run before a number enters the inventory. The
+//! vendor checks (Twilio REST) come after these and live elsewhere.
+
+use super::state::{
+    self, Compliance, IntegrationStatus, KeywordReply, Number, NumberStatus, NumberType, State,
+};
+use http::StatusCode;
+use phonenumber::metadata::DATABASE;
+use serde::Deserialize;
+use std::collections::HashSet;
+
+/// Queue used when an import names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// The body of `POST /api/v1/numbers`: one number to import.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// E.164 for phone types, 5–6 digits for short codes.
+    pub sender_id: String,
+    /// The seed's sender type.
+    #[serde(rename = "type")]
+    pub kind: NumberType,
+    /// ISO 3166 alpha-2; derived from the number for phone types when omitted.
+    #[serde(default)]
+    pub country: Option<String>,
+    /// The org's integration (Twilio account) the number belongs to.
+    #[serde(default)]
+    pub integration_id: Option<String>,
+    /// Destination queue; `default` when omitted.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Required interactions; only kept for short codes.
+    #[serde(default)]
+    pub compliance: Option<ComplianceDraft>,
+}
+
+/// Compliance as submitted: parts may be missing so that the gap is reported as
+/// `compliance_incomplete`, not as a malformed body.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComplianceDraft {
+    /// The Help tab.
+    pub help: KeywordDraft,
+    /// The Opt-out tab.
+    pub opt_out: KeywordDraft,
+    /// The Re-opt-in tab.
+    pub re_opt_in: KeywordDraft,
+}
+
+/// One compliance tab as submitted; blank keywords are dropped.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeywordDraft {
+    /// Keywords that trigger the action.
+    pub keywords: Vec<String>,
+    /// Reply sent for the action.
+    pub message: String,
+}
+
+impl KeywordDraft {
+    fn finish(&self) -> KeywordReply {
+        KeywordReply {
+            keywords: self
+                .keywords
+                .iter()
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect(),
+            message: self.message.trim().to_string(),
+        }
+    }
+}
+
+impl ComplianceDraft {
+    /// The stored form, trimmed; completeness is judged by `Compliance::is_complete`.
+    pub fn finish(&self) -> Compliance {
+        Compliance {
+            help: self.help.finish(),
+            opt_out: self.opt_out.finish(),
+            re_opt_in: self.re_opt_in.finish(),
+        }
+    }
+}
+
+/// Why an import was refused; each variant is one row of the seed's error table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    /// The request itself is malformed (e.g. a bad queue name).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No integration, or not one of this org's.
+    #[error("Check the BYO sender ID integration.")]
+    IntegrationMissing,
+    /// A short code lacks keywords or a message for help, opt-out or re-opt-in.
+    #[error("Complete the required compliance keywords and messages for the sender ID (help, opt-out and re-opt-in).")]
+    ComplianceIncomplete,
+    /// Phone number not E.164, or short code not 5–6 digits.
+    #[error("Check the sender ID type: phone numbers must be in E.164 format, short codes must be 5 to 6 digits.")]
+    SenderIdInvalid,
+    /// The number's calling code does not belong to the country (or the country is unknown).
+    #[error("Check the sender ID's country code.")]
+    CountryMismatch,
+    /// Already being imported, or already in this org's inventory.
+    #[error("A provisioning action is already in progress for this phone number address.")]
+    ProvisioningInProgress,
+    /// Already in another org's inventory.
+    #[error("This phone number address is not available for provisioning. Choose another phone number address and try again.")]
+    NumberUnavailable,
+}
+
+impl ImportError {
+    /// The stable machine-readable code of the API's error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImportError::InvalidRequest(_) => "invalid_request",
+            ImportError::IntegrationMissing => "integration_missing",
+            ImportError::ComplianceIncomplete => "compliance_incomplete",
+            ImportError::SenderIdInvalid => "sender_id_invalid",
+            ImportError::CountryMismatch => "country_mismatch",
+            ImportError::ProvisioningInProgress => "provisioning_in_progress",
+            ImportError::NumberUnavailable => "number_unavailable",
+        }
+    }
+
+    /// The HTTP status the admin API answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ImportError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ImportError::ProvisioningInProgress | ImportError::NumberUnavailable => {
+                StatusCode::CONFLICT
+            }
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+}
+
+/// Runs every local import check in the seed's order and returns the number to insert.
+///
+/// `in_flight` holds sender IDs whose import is under way elsewhere (not this one's).
+pub fn check_import(
+    state: &State,
+    org: &str,
+    req: &ImportRequest,
+    in_flight: &HashSet<String>,
+) -> Result<Number, ImportError> {
+    let queue = req.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
+    if !state::is_queue_name(queue) {
+        return Err(ImportError::InvalidRequest(format!(
+            "queue {queue:?} must be 1-64 characters of [A-Za-z0-9_-]"
+        )));
+    }
+    let integration = req
+        .integration_id
+        .as_deref()
+        .and_then(|id| state.integration(id))
+        .filter(|i| i.org == org)
+        .ok_or(ImportError::IntegrationMissing)?;
+    let compliance = check_compliance(req)?;
+    check_format(req.kind, &req.sender_id)?;
+    let country = check_country(req)?;
+    if in_flight.contains(&req.sender_id) {
+        return Err(ImportError::ProvisioningInProgress);
+    }
+    if let Some(existing) = state.numbers.iter().find(|n| n.sender_id == req.sender_id) {
+        let owner = state
+            .integration(&existing.integration_id)
+            .map(|i| i.org.as_str());
+        return Err(if owner == Some(org) {
+            ImportError::ProvisioningInProgress
+        } else {
+            ImportError::NumberUnavailable
+        });
+    }
+    let status = match integration.status {
+        IntegrationStatus::Active => NumberStatus::Active,
+        IntegrationStatus::Inactive => NumberStatus::Disabled,
+    };
+    Ok(Number {
+        sender_id: req.sender_id.clone(),
+        kind: req.kind,
+        country,
+        integration_id: integration.id.clone(),
+        queue: queue.to_string(),
+        status,
+        compliance,
+    })
+}
+
+/// Short codes need all three interactions; other types carry none.
+fn check_compliance(req: &ImportRequest) -> Result<Option<Compliance>, ImportError> {
+    if req.kind != NumberType::ShortCode {
+        return Ok(None);
+    }
+    let compliance = req
+        .compliance
+        .as_ref()
+        .map(ComplianceDraft::finish)
+        .filter(Compliance::is_complete)
+        .ok_or(ImportError::ComplianceIncomplete)?;
+    Ok(Some(compliance))
+}
+
+fn check_format(kind: NumberType, sender_id: &str) -> Result<(), ImportError> {
+    let ok = match kind {
+        NumberType::ShortCode => state::is_short_code(sender_id),
+        _ => state::is_e164(sender_id),
+    };
+    ok.then_some(()).ok_or(ImportError::SenderIdInvalid)
+}
+
+/// The country to store: checked against the number's calling code, or derived from it.
+fn check_country(req: &ImportRequest) -> Result<String, ImportError> {
+    let given = req
+        .country
+        .as_deref()
+        .map(|c| c.trim().to_ascii_uppercase());
+    if req.kind == NumberType::ShortCode {
+        let country = given.ok_or(ImportError::CountryMismatch)?;
+        return known_country_code(&country)
+            .map(|_| country)
+            .ok_or(ImportError::CountryMismatch);
+    }
+    let code = calling_code(&req.sender_id).ok_or(ImportError::CountryMismatch)?;
+    match given {
+        Some(country) if known_country_code(&country) == Some(code) => Ok(country),
+        Some(_) => Err(ImportError::CountryMismatch),
+        None => derive_country(&req.sender_id, code).ok_or(ImportError::CountryMismatch),
+    }
+}
+
+/// The calling code of an ISO alpha-2 region in the phone-number metadata.
+fn known_country_code(country: &str) -> Option<u16> {
+    if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    DATABASE.by_id(country).map(|m| m.country_code())
+}
+
+/// The number's country calling code, if the metadata knows it.
+fn calling_code(sender_id: &str) -> Option<u16> {
+    let number = phonenumber::parse(None, sender_id).ok()?;
+    let code = number.code().value();
+    DATABASE.region(&code).map(|_| code)
+}
+
+/// The region the number belongs to, else the main region of its calling code.
+fn derive_country(sender_id: &str, code: u16) -> Option<String> {
+    let number = phonenumber::parse(None, sender_id).ok()?;
+    if let Some(meta) = number.metadata(&DATABASE) {
+        let id = meta.id();
+        if id.len() == 2 {
+            return Some(id.to_string());
+        }
+    }
+    let regions = DATABASE.by_code(&code)?;
+    regions
+        .iter()
+        .find(|m| m.is_main_country_for_code())
+        .or(regions.first())
+        .map(|m| m.id().to_string())
+        .filter(|id| id.len() == 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::crypto::Sealed;
+    use crate::control::state::Integration;
+
+    fn integration(id: &str, org: &str, status: IntegrationStatus) -> Integration {
+        Integration {
+            id: id.into(),
+            org: org.into(),
+            name: id.into(),
+            notes: String::new(),
+            account_sid: format!("AC{}", "a".repeat(32)),
+            auth_token: Sealed {
+                nonce: "AAAAAAAAAAAAAAAA".into(),
+                ciphertext: "AAAA".into(),
+            },
+            next_auth_token: None,
+            status,
+        }
+    }
+
+    fn state() -> State {
+        State {
+            version: 1,
+            integrations: vec![
+                integration("int-a", "org-a", IntegrationStatus::Active),
+                integration("int-off", "org-a", IntegrationStatus::Inactive),
+                integration("int-b", "org-b", IntegrationStatus::Active),
+            ],
+            numbers: vec![
+                Number {
+                    sender_id: "+15550000001".into(),
+                    kind: NumberType::Local,
+                    country: "US".into(),
+                    integration_id: "int-a".into(),
+                    queue: "default".into(),
+                    status: NumberStatus::Active,
+                    compliance: None,
+                },
+                Number {
+                    sender_id: "+15550000002".into(),
+                    kind: NumberType::Local,
+                    country: "US".into(),
+                    integration_id: "int-b".into(),
+                    queue: "default".into(),
+                    status: NumberStatus::Active,
+                    compliance: None,
+                },
+            ],
+        }
+    }
+
+    fn req(sender_id: &str, kind: NumberType, country: Option<&str>) -> ImportRequest {
+        ImportRequest {
+            sender_id: sender_id.into(),
+            kind,
+            country: country.map(Into::into),
+            integration_id: Some("int-a".into()),
+            queue: None,
+            compliance: None,
+        }
+    }
+
+    fn tab(k: &str) -> KeywordDraft {
+        KeywordDraft {
+            keywords: vec![k.into()],
+            message: format!("{k} reply"),
+        }
+    }
+
+    fn full_compliance() -> ComplianceDraft {
+        ComplianceDraft {
+            help: tab("HELP"),
+            opt_out: tab("STOP"),
+            re_opt_in: tab("START"),
+        }
+    }
+
+    fn check(r: &ImportRequest) -> Result<Number, ImportError> {
+        check_import(&state(), "org-a", r, &HashSet::new())
+    }
+
+    fn code(r: &ImportRequest) -> &'static str {
+        check(r).unwrap_err().code()
+    }
+
+    #[test]
+    fn phone_number_succeeds_with_defaults() {
+        let n = check(&req("+14155550100", NumberType::Local, Some("US"))).unwrap();
+        assert_eq!(n.queue, "default");
+        assert_eq!(n.country, "US");
+        assert_eq!(n.status, NumberStatus::Active);
+        assert_eq!(n.integration_id, "int-a");
+        assert!(n.compliance.is_none());
+    }
+
+    #[test]
+    fn inactive_integration_imports_disabled() {
+        let mut r = req("+14155550100", NumberType::Mobile, None);
+        r.integration_id = Some("int-off".into());
+        assert_eq!(check(&r).unwrap().status, NumberStatus::Disabled);
+    }
+
+    #[test]
+    fn integration_missing() {
+        let mut r = req("+14155550100", NumberType::Local, None);
+        r.integration_id = None;
+        assert_eq!(code(&r), "integration_missing");
+        r.integration_id = Some("int-b".into());
+        assert_eq!(code(&r), "integration_missing", "another org's integration");
+        r.integration_id = Some("int-nope".into());
+        assert_eq!(code(&r), "integration_missing");
+    }
+
+    #[test]
+    fn compliance_incomplete() {
+        let mut r = req("12345", NumberType::ShortCode, Some("US"));
+        assert_eq!(code(&r), "compliance_incomplete");
+        let mut c = full_compliance();
+        c.opt_out.message = "  ".into();
+        r.compliance = Some(c);
+        assert_eq!(code(&r), "compliance_incomplete");
+        let mut c = full_compliance();
+        c.re_opt_in.keywords = vec![" ".into()];
+        r.compliance = Some(c);
+        assert_eq!(code(&r), "compliance_incomplete");
+        assert_eq!(ImportError::ComplianceIncomplete.status(), 422);
+    }
+
+    #[test]
+    fn sender_id_invalid() {
+        assert_eq!(
+            code(&req("14155550100", NumberType::Local, None)),
+            "sender_id_invalid"
+        );
+        assert_eq!(
+            code(&req("+1415", NumberType::TollFree, None)),
+            "sender_id_invalid"
+        );
+        let mut r = req("1234", NumberType::ShortCode, Some("US"));
+        r.compliance = Some(full_compliance());
+        assert_eq!(code(&r), "sender_id_invalid");
+        r.sender_id = "1234567".into();
+        assert_eq!(code(&r), "sender_id_invalid");
+    }
+
+    #[test]
+    fn country_checks() {
+        assert_eq!(
+            code(&req("+447700900123", NumberType::Mobile, Some("US"))),
+            "country_mismatch"
+        );
+        assert!(check(&req("+447700900123", NumberType::Mobile, Some("GB"))).is_ok());
+        assert!(check(&req("+14165550100", NumberType::Local, Some("CA"))).is_ok());
+        assert!(check(&req("+14165550100", NumberType::Local, Some("US"))).is_ok());
+        assert!(check(&req("+14165550100", NumberType::Local, Some("us"))).is_ok());
+        assert_eq!(
+            code(&req("+14165550100", NumberType::Local, Some("XX"))),
+            "country_mismatch"
+        );
+        assert_eq!(
+            code(&req("+14165550100", NumberType::Local, Some("USA"))),
+            "country_mismatch"
+        );
+    }
+
+    #[test]
+    fn country_derived_from_number() {
+        let n = check(&req("+447700900123", NumberType::Mobile, None)).unwrap();
+        assert_eq!(n.country, "GB");
+        let n = check(&req("+81312345678", NumberType::Local, None)).unwrap();
+        assert_eq!(n.country, "JP");
+        let n = check(&req("+18005550100", NumberType::TollFree, None)).unwrap();
+        assert_eq!(n.country, "US");
+    }
+
+    #[test]
+    fn short_code_success_and_country_rules() {
+        let mut r = req("123456", NumberType::ShortCode, Some("GB"));
+        r.compliance = Some(full_compliance());
+        r.queue = Some("sales".into());
+        let n = check(&r).unwrap();
+        assert_eq!(n.country, "GB");
+        assert_eq!(n.queue, "sales");
+        assert!(n.compliance.unwrap().is_complete());
+        r.country = None;
+        assert_eq!(code(&r), "country_mismatch");
+        r.country = Some("ZZ".into());
+        assert_eq!(code(&r), "country_mismatch");
+    }
+
+    #[test]
+    fn provisioning_in_progress_and_unavailable() {
+        let r = req("+14155550100", NumberType::Local, None);
+        let busy: HashSet<String> = ["+14155550100".to_string()].into();
+        let e = check_import(&state(), "org-a", &r, &busy).unwrap_err();
+        assert_eq!(e.code(), "provisioning_in_progress");
+        assert_eq!(e.status(), 409);
+        let own = req("+15550000001", NumberType::Local, Some("US"));
+        assert_eq!(code(&own), "provisioning_in_progress");
+        let other = req("+15550000002", NumberType::Local, Some("US"));
+        assert_eq!(code(&other), "number_unavailable");
+        assert_eq!(ImportError::NumberUnavailable.status(), 409);
+    }
+
+    #[test]
+    fn bad_queue_is_invalid_request() {
+        let mut r = req("+14155550100", NumberType::Local, None);
+        r.queue = Some("../etc".into());
+        let e = check(&r).unwrap_err();
+        assert_eq!(
+            (e.code(), e.status()),
+            ("invalid_request", StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn earlier_check_wins() {
+        // No integration and a bad format: integration first.
+        let mut r = req("nope", NumberType::Local, Some("US"));
+        r.integration_id = None;
+        assert_eq!(code(&r), "integration_missing");
+        // Short code without compliance and a bad format: compliance first.
+        assert_eq!(
+            code(&req("12", NumberType::ShortCode, Some("US"))),
+            "compliance_incomplete"
+        );
+        // Bad format and a wrong country: format first.
+        assert_eq!(
+            code(&req("+44", NumberType::Local, Some("US"))),
+            "sender_id_invalid"
+        );
+        // Wrong country on a number owned by another org: country first.
+        assert_eq!(
+            code(&req("+15550000002", NumberType::Local, Some("GB"))),
+            "country_mismatch"
+        );
+        // In flight and owned by another org: in progress first.
+        let r = req("+15550000002", NumberType::Local, Some("US"));
+        let busy: HashSet<String> = ["+15550000002".to_string()].into();
+        let e = check_import(&state(), "org-a", &r, &busy).unwrap_err();
+        assert_eq!(e.code(), "provisioning_in_progress");
+    }
+
+    #[test]
+    fn request_parses_from_json() {
+        let r: ImportRequest = serde_json::from_str(
+            r#"{"sender_id":"12345","type":"short_code","country":"US","integration_id":"int-a",
+                "compliance":{"help":{"keywords":["HELP"],"message":"m"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.kind, NumberType::ShortCode);
+        assert_eq!(code(&r), "compliance_incomplete");
+        assert!(
+            serde_json::from_str::<ImportRequest>(r#"{"sender_id":"1","type":"fax"}"#).is_err()
+        );
+    }
+}
