@@ -249,7 +249,10 @@ impl Config {
         };
         if crate::regions::by_name(&self.server.region).is_none() {
             let names: Vec<_> = crate::regions::REGIONS.iter().map(|r| r.name).collect();
-            return invalid("server.region", &format!("unknown region; one of {}", names.join(", ")));
+            return invalid(
+                "server.region",
+                &format!("unknown region; one of {}", names.join(", ")),
+            );
         }
         if let Err(e) = crate::signature::PublicUrl::parse(&self.server.public_url) {
             return invalid("server.public_url", &e.to_string());
@@ -258,7 +261,10 @@ impl Config {
             return invalid("server.max_body_bytes", "must be between 1024 and 16777216");
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
-            return invalid("server.tls_cert", "set both server.tls_cert and server.tls_key, or neither");
+            return invalid(
+                "server.tls_cert",
+                "set both server.tls_cert and server.tls_key, or neither",
+            );
         }
         if self.queues.capacity == 0 {
             return invalid("queues.capacity", "must be at least 1");
@@ -270,7 +276,8 @@ impl Config {
             return invalid("sink.segment_bytes", "must be at least 4096");
         }
         for t in &self.control.admin_tokens {
-            let ok = t.token_sha256.len() == 64 && t.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            let ok =
+                t.token_sha256.len() == 64 && t.token_sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !ok {
                 return invalid(
                     "control.admin_tokens.token_sha256",

@@ -34,7 +34,9 @@ pub struct QueueHandle {
 
 impl std::fmt::Debug for QueueHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueueHandle").field("name", &self.name).finish()
+        f.debug_struct("QueueHandle")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -49,7 +51,8 @@ impl QueueHandle {
         let (done, rx) = oneshot::channel();
         match self.tx.try_send(Job { envelope, done }) {
             Ok(()) => {
-                metrics::counter!("sms_ingress_enqueued_total", "queue" => self.name.to_string()).increment(1);
+                metrics::counter!("sms_ingress_enqueued_total", "queue" => self.name.to_string())
+                    .increment(1);
                 Ok(rx)
             }
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
@@ -162,7 +165,8 @@ impl Worker {
             metrics::counter!("sms_ingress_acknowledged_total", "queue" => self.queue.clone())
                 .increment(batch.len() as u64);
         }
-        metrics::gauge!("sms_ingress_queue_depth", "queue" => self.queue.clone()).set(self.rx.len() as f64);
+        metrics::gauge!("sms_ingress_queue_depth", "queue" => self.queue.clone())
+            .set(self.rx.len() as f64);
         for job in batch.drain(..) {
             let _ = job.done.send(ok);
         }

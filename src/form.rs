@@ -32,7 +32,11 @@ impl<'a> Form<'a> {
             }
             let (name, value, value_at) = match segment.iter().position(|&b| b == b'=') {
                 Some(eq) => (&segment[..eq], &segment[eq + 1..], seg_start + eq + 1),
-                None => (segment, &segment[segment.len()..], seg_start + segment.len()),
+                None => (
+                    segment,
+                    &segment[segment.len()..],
+                    seg_start + segment.len(),
+                ),
             };
             pairs.push((decode(name, seg_start)?, decode(value, value_at)?));
         }
@@ -117,7 +121,10 @@ mod tests {
     fn plus_and_escapes() {
         assert_eq!(
             pairs("From=%2B15551234567&Body=hello+world%21"),
-            vec![("From".into(), "+15551234567".into()), ("Body".into(), "hello world!".into())]
+            vec![
+                ("From".into(), "+15551234567".into()),
+                ("Body".into(), "hello world!".into())
+            ]
         );
         assert_eq!(pairs("a=%2b%2B"), vec![("a".into(), "++".into())]);
     }
@@ -134,7 +141,11 @@ mod tests {
     fn empty_values_and_segments() {
         assert_eq!(
             pairs("a=&&b&c=="),
-            vec![("a".into(), "".into()), ("b".into(), "".into()), ("c".into(), "=".into())]
+            vec![
+                ("a".into(), "".into()),
+                ("b".into(), "".into()),
+                ("c".into(), "=".into())
+            ]
         );
         assert_eq!(pairs(""), vec![]);
     }
@@ -148,9 +159,18 @@ mod tests {
 
     #[test]
     fn utf8_decoded_and_checked() {
-        assert_eq!(pairs("Body=%E3%81%93%F0%9F%98%80"), vec![("Body".into(), "こ😀".into())]);
+        assert_eq!(
+            pairs("Body=%E3%81%93%F0%9F%98%80"),
+            vec![("Body".into(), "こ😀".into())]
+        );
         assert_eq!(pairs("Body=こ"), vec![("Body".into(), "こ".into())]);
-        assert!(matches!(Form::parse(b"Body=%FF"), Err(FormError::NotUtf8(_))));
-        assert!(matches!(Form::parse(b"Body=\xff"), Err(FormError::NotUtf8(5))));
+        assert!(matches!(
+            Form::parse(b"Body=%FF"),
+            Err(FormError::NotUtf8(_))
+        ));
+        assert!(matches!(
+            Form::parse(b"Body=\xff"),
+            Err(FormError::NotUtf8(5))
+        ));
     }
 }

@@ -69,16 +69,30 @@ impl Snapshot {
     }
 
     /// Builds from a validated state: opens each token once, resolves each queue once.
-    pub fn build(state: &State, key: &MasterKey, dispatcher: &Dispatcher) -> Result<Snapshot, BuildError> {
+    pub fn build(
+        state: &State,
+        key: &MasterKey,
+        dispatcher: &Dispatcher,
+    ) -> Result<Snapshot, BuildError> {
         let mut integrations = HashMap::with_capacity(state.integrations.len());
         for i in &state.integrations {
             let token_err = |source| BuildError::Token {
                 id: i.id.clone(),
                 source,
             };
-            let mut keys = vec![crate::signature::key(key.open(&i.auth_token, &i.id).map_err(token_err)?.expose().as_bytes())];
+            let mut keys = vec![crate::signature::key(
+                key.open(&i.auth_token, &i.id)
+                    .map_err(token_err)?
+                    .expose()
+                    .as_bytes(),
+            )];
             if let Some(next) = &i.next_auth_token {
-                keys.push(crate::signature::key(key.open(next, &i.id).map_err(token_err)?.expose().as_bytes()));
+                keys.push(crate::signature::key(
+                    key.open(next, &i.id)
+                        .map_err(token_err)?
+                        .expose()
+                        .as_bytes(),
+                ));
             }
             let entry = IntegrationEntry {
                 id: Arc::from(i.id.as_str()),
@@ -95,10 +109,12 @@ impl Snapshot {
             let queue = match queues.get(n.queue.as_str()) {
                 Some(q) => q.clone(),
                 None => {
-                    let q = dispatcher.queue(&n.queue).map_err(|source| BuildError::Queue {
-                        queue: n.queue.clone(),
-                        source,
-                    })?;
+                    let q = dispatcher
+                        .queue(&n.queue)
+                        .map_err(|source| BuildError::Queue {
+                            queue: n.queue.clone(),
+                            source,
+                        })?;
                     queues.insert(&n.queue, q.clone());
                     q
                 }
@@ -112,7 +128,10 @@ impl Snapshot {
                 integration: integrations[n.integration_id.as_str()].clone(),
                 queue,
                 routing,
-                compliance: n.compliance.as_ref().map(|c| Arc::new(CompiledCompliance::compile(c))),
+                compliance: n
+                    .compliance
+                    .as_ref()
+                    .map(|c| Arc::new(CompiledCompliance::compile(c))),
             };
             numbers.insert(n.sender_id.clone().into_boxed_str(), entry);
         }
@@ -212,7 +231,11 @@ mod tests {
                 country: "US".into(),
                 integration_id: "int-1".into(),
                 queue: format!("q{}", i % 3),
-                status: if i == 0 { NumberStatus::Disabled } else { NumberStatus::Active },
+                status: if i == 0 {
+                    NumberStatus::Disabled
+                } else {
+                    NumberStatus::Active
+                },
                 compliance: None,
             })
             .collect();
@@ -234,7 +257,10 @@ mod tests {
         assert_eq!(&**e.queue.name(), "q1");
         assert_eq!(e.routing, Routing::Active);
         assert_eq!(e.integration.keys.len(), 2);
-        assert_eq!(snap.lookup("+15550000000").unwrap().routing, Routing::Disabled);
+        assert_eq!(
+            snap.lookup("+15550000000").unwrap().routing,
+            Routing::Disabled
+        );
         assert!(snap.lookup("+15559999999").is_none());
         // the three queues are shared handles, not one per number
         let q = &snap.lookup("+15550000001").unwrap().queue;
@@ -245,7 +271,10 @@ mod tests {
     fn wrong_master_key_fails_build() {
         let (state, _, d) = fixture(1);
         let other = MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap();
-        assert!(matches!(Snapshot::build(&state, &other, &d), Err(BuildError::Token { .. })));
+        assert!(matches!(
+            Snapshot::build(&state, &other, &d),
+            Err(BuildError::Token { .. })
+        ));
     }
 
     #[test]

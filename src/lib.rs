@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod listener;
 pub mod policy;
 pub mod regions;
+pub mod server;
 pub mod signature;
 pub mod sink;
 pub mod telemetry;

@@ -20,7 +20,8 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_context(|| format!("server.tls_cert {}", cert.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("server.tls_cert {}: bad PEM", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("server.tls_key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("server.tls_key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -67,7 +68,10 @@ where
 {
     let service = hyper::service::service_fn(move |req| webhook.clone().handle(req));
     let builder = auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sms-ingress", version, about = "Twilio SMS webhook ingress: verify, route, durably hand off")]
+#[command(
+    name = "sms-ingress",
+    version,
+    about = "Twilio SMS webhook ingress: verify, route, durably hand off"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,7 +24,11 @@ struct Cli {
 #[derive(Args)]
 struct ConfigArg {
     /// Path of the TOML configuration file.
-    #[arg(long, env = "SMS_INGRESS_CONFIG", default_value = "/etc/sms-ingress/sms-ingress.toml")]
+    #[arg(
+        long,
+        env = "SMS_INGRESS_CONFIG",
+        default_value = "/etc/sms-ingress/sms-ingress.toml"
+    )]
     config: PathBuf,
 }
 
@@ -101,7 +109,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(c) => {
             let cfg = Config::load(&c.config)?;
             sms_ingress::telemetry::init_logs(&cfg.log);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(sms_ingress::server::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -115,13 +125,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Spool {
-            command: SpoolCommand::Tail {
-                config,
-                queue,
-                follow,
-                from,
-                dir,
-            },
+            command:
+                SpoolCommand::Tail {
+                    config,
+                    queue,
+                    follow,
+                    from,
+                    dir,
+                },
         } => {
             let dir = match dir {
                 Some(d) => d,
@@ -137,7 +148,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
     let mut body = Vec::new();
-    std::io::stdin().read_to_end(&mut body).context("reading the form body from stdin")?;
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("reading the form body from stdin")?;
     let trimmed = body.strip_suffix(b"\n").unwrap_or(&body);
     let form = Form::parse(trimmed).context("stdin is not a form-encoded body")?;
     match command {
@@ -145,7 +158,11 @@ fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
             println!("{}", signature::compute(&url, &form, token.as_bytes()));
             Ok(ExitCode::SUCCESS)
         }
-        SignatureCommand::Verify { url, token, signature: sig } => {
+        SignatureCommand::Verify {
+            url,
+            token,
+            signature: sig,
+        } => {
             let urls = signature::url_variants(&url).context("--url")?;
             let keys = [signature::key(token.as_bytes())];
             let matched = signature::verify(&urls, "", &form, &keys, sig.as_bytes());
@@ -156,9 +173,13 @@ fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    println!("invalid: expected {} (or, with the default port toggled, {})",
+                    println!(
+                        "invalid: expected {} (or, with the default port toggled, {})",
                         signature::compute(&urls[0], &form, token.as_bytes()),
-                        urls.get(1).map(|u| signature::compute(u, &form, token.as_bytes())).unwrap_or_else(|| "-".into()));
+                        urls.get(1)
+                            .map(|u| signature::compute(u, &form, token.as_bytes()))
+                            .unwrap_or_else(|| "-".into())
+                    );
                     Ok(ExitCode::from(1))
                 }
             }

@@ -48,7 +48,7 @@ impl CompiledCompliance {
         let lowered = body.to_lowercase();
         self.actions
             .iter()
-            .find(|(_, kws, _)| kws.iter().any(|k| *k == lowered))
+            .find(|(_, kws, _)| kws.contains(&lowered))
             .map(|(a, _, reply)| (*a, reply.clone()))
     }
 }

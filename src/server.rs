@@ -32,7 +32,12 @@ fn sink_factory(cfg: &Config) -> SinkFactory {
 }
 
 /// The control plane's publisher: build a snapshot (rejecting the change if it cannot be built), then swap it in.
-fn publisher(inventory: Arc<Inventory>, dispatcher: Arc<Dispatcher>, key: Arc<MasterKey>, webhook: Arc<Webhook>) -> Publisher {
+fn publisher(
+    inventory: Arc<Inventory>,
+    dispatcher: Arc<Dispatcher>,
+    key: Arc<MasterKey>,
+    webhook: Arc<Webhook>,
+) -> Publisher {
     Arc::new(move |state: &State| {
         let snapshot = Snapshot::build(state, &key, &dispatcher).map_err(|e| e.to_string())?;
         let (inventory, webhook) = (inventory.clone(), webhook.clone());
@@ -50,7 +55,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let region = cfg.region();
     let public_url = PublicUrl::parse(&cfg.server.public_url).context("server.public_url")?;
     let inventory = Arc::new(Inventory::default());
-    let dispatcher = Arc::new(Dispatcher::new(sink_factory(&cfg), cfg.queues.capacity, cfg.sink.max_batch));
+    let dispatcher = Arc::new(Dispatcher::new(
+        sink_factory(&cfg),
+        cfg.queues.capacity,
+        cfg.sink.max_batch,
+    ));
     let dedup = Arc::new(Dedup::new(
         Duration::from_secs(cfg.policy.dedup_window_secs),
         cfg.policy.dedup_max_entries,
@@ -64,7 +73,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dispatcher.clone(),
         dedup.clone(),
     ));
-    let publish = publisher(inventory.clone(), dispatcher.clone(), key.clone(), webhook.clone());
+    let publish = publisher(
+        inventory.clone(),
+        dispatcher.clone(),
+        key.clone(),
+        webhook.clone(),
+    );
     let store = Arc::new(
         ControlStore::open(&cfg.control.state_file, key.clone(), publish)
             .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?,
@@ -95,9 +109,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
     };
     let metrics_addr = metrics_listener.local_addr()?;
-    tokio::spawn(crate::telemetry::serve_metrics(metrics_listener, prometheus, loaded_at));
-    tokio::spawn(admin::serve(admin_listener, admin_api, std::future::pending()));
-    tokio::spawn(sweep_dedup(dedup, Duration::from_secs(cfg.policy.dedup_window_secs)));
+    tokio::spawn(crate::telemetry::serve_metrics(
+        metrics_listener,
+        prometheus,
+        loaded_at,
+    ));
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin_api,
+        std::future::pending(),
+    ));
+    tokio::spawn(sweep_dedup(
+        dedup,
+        Duration::from_secs(cfg.policy.dedup_window_secs),
+    ));
     tracing::info!(
         listen = %listener.local_addr()?,
         metrics = %metrics_addr,
@@ -118,7 +143,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("control.admin_socket dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control.admin_socket dir {}", dir.display()))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         anyhow::ensure!(
@@ -157,8 +183,12 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
     let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
     let state = State::load(&cfg.control.state_file)?;
     for i in &state.integrations {
-        key.open(&i.auth_token, &i.id)
-            .with_context(|| format!("integration {}: Auth Token does not open with this master key", i.id))?;
+        key.open(&i.auth_token, &i.id).with_context(|| {
+            format!(
+                "integration {}: Auth Token does not open with this master key",
+                i.id
+            )
+        })?;
     }
     if let (Some(cert), Some(tls_key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
         crate::listener::tls_acceptor(cert, tls_key)?;

@@ -209,7 +209,10 @@ mod tests {
         let form = Form::parse(DOC_BODY).unwrap();
         assert_eq!(compute(DOC_URL, &form, b"12345"), DOC_SIG);
         let urls = url_variants(DOC_URL).unwrap();
-        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), Some(0));
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()),
+            Some(0)
+        );
     }
 
     #[test]
@@ -223,7 +226,8 @@ mod tests {
     #[test]
     fn matches_independent_computation() {
         let body = b"Body=Hi+there%21&To=%2B15005550006&From=%2B14155551212&AccountSid=AC00&MessageSid=SM1&NumMedia=0";
-        let url = "https://byosms.mypurecloud.jp/vendors/v1/twilio/b7c9a0818bc343379513f713247b56ce/mo";
+        let url =
+            "https://byosms.mypurecloud.jp/vendors/v1/twilio/b7c9a0818bc343379513f713247b56ce/mo";
         let expected_string = format!(
             "{url}AccountSidAC00BodyHi there!From+14155551212MessageSidSM1NumMedia0To+15005550006"
         );
@@ -247,39 +251,72 @@ mod tests {
         let sig_with_port = compute(with_port, &form, b"12345");
         let urls = url_variants(DOC_URL).unwrap();
         assert_eq!(urls[1], with_port);
-        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], sig_with_port.as_bytes()), Some(1));
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"12345")], sig_with_port.as_bytes()),
+            Some(1)
+        );
         let urls = url_variants(with_port).unwrap();
-        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), Some(1));
-        assert_eq!(url_variants("http://h:8080/x").unwrap(), vec!["http://h:8080/x"]);
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()),
+            Some(1)
+        );
+        assert_eq!(
+            url_variants("http://h:8080/x").unwrap(),
+            vec!["http://h:8080/x"]
+        );
     }
 
     #[test]
     fn wrong_inputs_fail() {
         let form = Form::parse(DOC_BODY).unwrap();
         let urls = url_variants(DOC_URL).unwrap();
-        assert_eq!(verify(&urls, "", &form, &[key(b"54321")], DOC_SIG.as_bytes()), None);
-        assert_eq!(verify(&urls, "", &form, &[key(b"12345")], b"not base64!"), None);
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"54321")], DOC_SIG.as_bytes()),
+            None
+        );
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"12345")], b"not base64!"),
+            None
+        );
         assert_eq!(verify(&urls, "", &form, &[key(b"12345")], b""), None);
         let tampered = Form::parse(b"CallSid=CA1234567890ABCDE&Caller=%2B12349013030&Digits=1235&From=%2B12349013030&To=%2B18005551212").unwrap();
-        assert_eq!(verify(&urls, "", &tampered, &[key(b"12345")], DOC_SIG.as_bytes()), None);
+        assert_eq!(
+            verify(&urls, "", &tampered, &[key(b"12345")], DOC_SIG.as_bytes()),
+            None
+        );
         let other_url = url_variants("https://mycompany.com/myapp.php?foo=1&bar=3").unwrap();
-        assert_eq!(verify(&other_url, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()), None);
+        assert_eq!(
+            verify(&other_url, "", &form, &[key(b"12345")], DOC_SIG.as_bytes()),
+            None
+        );
     }
 
     #[test]
     fn any_of_several_keys() {
         let form = Form::parse(DOC_BODY).unwrap();
         let urls = url_variants(DOC_URL).unwrap();
-        assert!(verify(&urls, "", &form, &[key(b"old"), key(b"12345")], DOC_SIG.as_bytes()).is_some());
+        assert!(verify(
+            &urls,
+            "",
+            &form,
+            &[key(b"old"), key(b"12345")],
+            DOC_SIG.as_bytes()
+        )
+        .is_some());
     }
 
     #[test]
     fn public_url_parsing() {
         assert_eq!(
-            PublicUrl::parse("https://sms.example.com/").unwrap().bases(),
+            PublicUrl::parse("https://sms.example.com/")
+                .unwrap()
+                .bases(),
             ["https://sms.example.com", "https://sms.example.com:443"]
         );
-        assert_eq!(PublicUrl::parse("http://127.0.0.1:8080").unwrap().bases(), ["http://127.0.0.1:8080"]);
+        assert_eq!(
+            PublicUrl::parse("http://127.0.0.1:8080").unwrap().bases(),
+            ["http://127.0.0.1:8080"]
+        );
         assert_eq!(PublicUrl::parse("ftp://x"), Err(UrlError::Scheme));
         assert_eq!(PublicUrl::parse("https://x/path"), Err(UrlError::HasPath));
         assert_eq!(PublicUrl::parse("https://x:99999"), Err(UrlError::Port));

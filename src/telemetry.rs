@@ -13,16 +13,22 @@ use tokio::net::TcpListener;
 
 /// Latency buckets in seconds: fine around the 5 ms p99 target, up to Twilio's 15 s timeout.
 const SECONDS_BUCKETS: &[f64] = &[
-    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0,
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 15.0,
 ];
 /// Batch-size buckets (envelopes per fdatasync).
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Installs the global recorder; call once, before any metric is recorded.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full("sms_ingress_sink_batch_size".into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full("sms_ingress_sink_batch_size".into()),
+            BATCH_BUCKETS,
+        )?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -31,25 +37,68 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 /// HELP lines for the metrics SPEC section 5 names.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("sms_ingress_requests_total", "HTTP requests by route and status");
-    describe_counter!("sms_ingress_rejected_total", "Webhooks answered 4xx/503, by reason");
-    describe_counter!("sms_ingress_dropped_total", "Webhooks answered 200 but not routed, by reason");
-    describe_counter!("sms_ingress_duplicates_total", "Retries of already durable deliveries");
+    describe_counter!(
+        "sms_ingress_requests_total",
+        "HTTP requests by route and status"
+    );
+    describe_counter!(
+        "sms_ingress_rejected_total",
+        "Webhooks answered 4xx/503, by reason"
+    );
+    describe_counter!(
+        "sms_ingress_dropped_total",
+        "Webhooks answered 200 but not routed, by reason"
+    );
+    describe_counter!(
+        "sms_ingress_duplicates_total",
+        "Retries of already durable deliveries"
+    );
     describe_counter!("sms_ingress_enqueued_total", "Envelopes handed to a queue");
-    describe_counter!("sms_ingress_acknowledged_total", "Envelopes made durable by the sink");
-    describe_counter!("sms_ingress_compliance_replies_total", "Short-code keyword replies by action");
-    describe_counter!("sms_ingress_control_updates_total", "Control-plane changes by source and result");
-    describe_gauge!("sms_ingress_queue_depth", "Envelopes waiting in a queue after its last batch");
-    describe_gauge!("sms_ingress_snapshot_version", "Version of the serving inventory snapshot");
-    describe_gauge!("sms_ingress_snapshot_numbers", "Numbers in the serving inventory snapshot");
-    describe_gauge!("sms_ingress_snapshot_age_seconds", "Seconds since the serving snapshot was swapped in");
-    describe_histogram!("sms_ingress_request_duration_seconds", "Time from request head to response");
-    describe_histogram!("sms_ingress_sink_flush_seconds", "Time to write and fdatasync one batch");
+    describe_counter!(
+        "sms_ingress_acknowledged_total",
+        "Envelopes made durable by the sink"
+    );
+    describe_counter!(
+        "sms_ingress_compliance_replies_total",
+        "Short-code keyword replies by action"
+    );
+    describe_counter!(
+        "sms_ingress_control_updates_total",
+        "Control-plane changes by source and result"
+    );
+    describe_gauge!(
+        "sms_ingress_queue_depth",
+        "Envelopes waiting in a queue after its last batch"
+    );
+    describe_gauge!(
+        "sms_ingress_snapshot_version",
+        "Version of the serving inventory snapshot"
+    );
+    describe_gauge!(
+        "sms_ingress_snapshot_numbers",
+        "Numbers in the serving inventory snapshot"
+    );
+    describe_gauge!(
+        "sms_ingress_snapshot_age_seconds",
+        "Seconds since the serving snapshot was swapped in"
+    );
+    describe_histogram!(
+        "sms_ingress_request_duration_seconds",
+        "Time from request head to response"
+    );
+    describe_histogram!(
+        "sms_ingress_sink_flush_seconds",
+        "Time to write and fdatasync one batch"
+    );
     describe_histogram!("sms_ingress_sink_batch_size", "Envelopes per group commit");
 }
 
 /// Serves `GET /metrics` on its own listener, keeping the recorder's histograms drained.
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, loaded_at: Arc<dyn Fn() -> f64 + Send + Sync>) {
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    loaded_at: Arc<dyn Fn() -> f64 + Send + Sync>,
+) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -64,25 +113,27 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, load
         };
         let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        metrics::gauge!("sms_ingress_snapshot_age_seconds").set(unix_now() - loaded_at());
-                        let mut r = Response::new(Full::new(Bytes::from(handle.render())));
-                        r.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                        );
-                        r
-                    } else {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    };
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            });
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
+                    async move {
+                        let resp = if req.uri().path() == "/metrics" {
+                            metrics::gauge!("sms_ingress_snapshot_age_seconds")
+                                .set(unix_now() - loaded_at());
+                            let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            r
+                        } else {
+                            let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
+                            *r.status_mut() = StatusCode::NOT_FOUND;
+                            r
+                        };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -94,7 +145,9 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, load
 pub fn init_logs(cfg: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -109,7 +109,10 @@ impl Webhook {
     }
 
     /// The hyper service function: one request in, one response out, metrics recorded.
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Full<Bytes>>, Infallible>
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, Infallible>
     where
         B: http_body::Body + Send,
         B::Data: Send,
@@ -181,9 +184,13 @@ impl Webhook {
         let Some(signature) = parts.headers.get("x-twilio-signature") else {
             return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_missing");
         };
-        let suffix = parts.uri.path_and_query().map_or(parts.uri.path(), |pq| pq.as_str());
+        let suffix = parts
+            .uri
+            .path_and_query()
+            .map_or(parts.uri.path(), |pq| pq.as_str());
         let keys = &entry.integration.keys;
-        let Some(url_index) = crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
+        let Some(url_index) =
+            crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
         else {
             return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_invalid");
         };
@@ -263,10 +270,12 @@ impl Webhook {
                 tracing::debug!(reason, status = status.as_u16(), "webhook rejected");
                 let mut resp = text(status, reason);
                 if status == StatusCode::METHOD_NOT_ALLOWED {
-                    resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+                    resp.headers_mut()
+                        .insert(ALLOW, HeaderValue::from_static("POST"));
                 }
                 if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
                 }
                 resp
             }
@@ -274,7 +283,8 @@ impl Webhook {
                 metrics::counter!("sms_ingress_rejected_total", "reason" => reason).increment(1);
                 tracing::warn!(reason, "webhook answered 503");
                 let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, reason);
-                resp.headers_mut().insert(RETRY_AFTER, self.retry_after.clone());
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, self.retry_after.clone());
                 resp
             }
         }
@@ -313,7 +323,10 @@ fn is_form_content_type(value: Option<&HeaderValue>) -> bool {
 }
 
 fn header_string(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn unix_ms(t: SystemTime) -> i64 {
@@ -324,16 +337,20 @@ fn unix_ms(t: SystemTime) -> i64 {
 
 fn twiml_response(body: Bytes) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
     resp
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -344,8 +361,14 @@ mod tests {
     #[test]
     fn routes() {
         let k = "abc";
-        assert_eq!(Route::of("/vendors/v1/twilio/abc/mo", k), Route::Webhook(Kind::Inbound));
-        assert_eq!(Route::of("/vendors/v1/twilio/abc/status", k), Route::Webhook(Kind::Status));
+        assert_eq!(
+            Route::of("/vendors/v1/twilio/abc/mo", k),
+            Route::Webhook(Kind::Inbound)
+        );
+        assert_eq!(
+            Route::of("/vendors/v1/twilio/abc/status", k),
+            Route::Webhook(Kind::Status)
+        );
         assert_eq!(Route::of("/vendors/v1/twilio/xyz/mo", k), Route::NotFound);
         assert_eq!(Route::of("/vendors/v1/twilio/abc/mo/x", k), Route::NotFound);
         assert_eq!(Route::of("/vendors/v1/twilio/abc", k), Route::NotFound);
@@ -356,8 +379,12 @@ mod tests {
     #[test]
     fn content_types() {
         let h = |s: &'static str| Some(HeaderValue::from_static(s));
-        assert!(is_form_content_type(h("application/x-www-form-urlencoded").as_ref()));
-        assert!(is_form_content_type(h("Application/X-WWW-Form-Urlencoded; charset=UTF-8").as_ref()));
+        assert!(is_form_content_type(
+            h("application/x-www-form-urlencoded").as_ref()
+        ));
+        assert!(is_form_content_type(
+            h("Application/X-WWW-Form-Urlencoded; charset=UTF-8").as_ref()
+        ));
         assert!(!is_form_content_type(h("application/json").as_ref()));
         assert!(!is_form_content_type(None));
     }

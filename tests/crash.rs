@@ -49,12 +49,16 @@ fn kill9_mid_stream_loses_no_acknowledged_webhook() {
                     let sid = format!("SM{t:02}{i:030}");
                     let body = inbound_body(OURS, "+447700900123", ACCOUNT, &sid, &"x".repeat(200));
                     let sig = sign(&path, &body, TOKEN);
-                    let Ok(stream) = std::net::TcpStream::connect(addr) else { break };
+                    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+                        break;
+                    };
                     let headers = [
                         ("Content-Type", "application/x-www-form-urlencoded"),
                         ("X-Twilio-Signature", sig.as_str()),
                     ];
-                    let resp = std::panic::catch_unwind(|| exchange(stream, "POST", &path, &headers, body.as_bytes()));
+                    let resp = std::panic::catch_unwind(|| {
+                        exchange(stream, "POST", &path, &headers, body.as_bytes())
+                    });
                     match resp {
                         Ok(r) if r.status == 200 => acked.lock().unwrap().push(sid),
                         _ => break, // connection cut by the kill
@@ -75,25 +79,48 @@ fn kill9_mid_stream_loses_no_acknowledged_webhook() {
         h.join().unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 300, "only {} acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() >= 300,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
 
     let s = s.restart();
     let records = s.spool_tail("crash");
     let mut count: HashMap<String, usize> = HashMap::new();
     for r in &records {
-        *count.entry(r["message_sid"].as_str().unwrap().to_string()).or_default() += 1;
+        *count
+            .entry(r["message_sid"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
-    let lost: Vec<_> = acked.iter().filter(|sid| !count.contains_key(*sid)).collect();
-    assert!(lost.is_empty(), "{} acknowledged webhooks lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|sid| !count.contains_key(*sid))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged webhooks lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
     let duplicated: Vec<_> = count.iter().filter(|(_, &n)| n > 1).collect();
-    assert!(duplicated.is_empty(), "records stored twice: {duplicated:?}");
+    assert!(
+        duplicated.is_empty(),
+        "records stored twice: {duplicated:?}"
+    );
     eprintln!(
         "crash test: {} acknowledged, {} in spool after restart (the rest were in flight)",
         acked.len(),
         records.len()
     );
     // the restarted server keeps accepting on the recovered log
-    let body = inbound_body(OURS, "+447700900123", ACCOUNT, "SMafterrestart000000000000000000", "hi");
+    let body = inbound_body(
+        OURS,
+        "+447700900123",
+        ACCOUNT,
+        "SMafterrestart000000000000000000",
+        "hi",
+    );
     assert_eq!(s.post_signed("mo", &body, TOKEN).status, 200);
     assert_eq!(s.spool_tail("crash").len(), records.len() + 1);
 }

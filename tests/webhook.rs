@@ -40,7 +40,10 @@ fn inbound(sid: &str, text: &str) -> String {
 #[test]
 fn accepted_webhook_is_spooled_exactly_once() {
     let (s, id) = server_with_number(Options::default());
-    let body = inbound("SM00000000000000000000000000000001", "Hello 👋 wörld & more");
+    let body = inbound(
+        "SM00000000000000000000000000000001",
+        "Hello 👋 wörld & more",
+    );
     let r = s.post_signed("mo", &body, TOKEN);
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), EMPTY);
@@ -64,10 +67,16 @@ fn accepted_webhook_is_spooled_exactly_once() {
     assert_eq!(rec["account_sid"], ACCOUNT);
     let url = format!("{PUBLIC_URL}{}", TestServer::webhook_path("mo"));
     assert_eq!(rec["signed_url"], url.as_str());
-    assert_eq!(rec["signature"], sign(&TestServer::webhook_path("mo"), &body, TOKEN).as_str());
+    assert_eq!(
+        rec["signature"],
+        sign(&TestServer::webhook_path("mo"), &body, TOKEN).as_str()
+    );
     assert!(rec["received_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(s.metric("sms_ingress_duplicates_total"), 1.0);
-    assert_eq!(s.metric(r#"sms_ingress_acknowledged_total{queue="support"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"sms_ingress_acknowledged_total{queue="support"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -79,9 +88,14 @@ fn delivery_reports_route_on_from_and_dedup_per_status() {
         assert_eq!(s.post_signed("status", &body, TOKEN).status, 200);
     }
     let records = s.spool_tail("support");
-    let statuses: Vec<_> = records.iter().map(|r| r["message_status"].as_str().unwrap()).collect();
+    let statuses: Vec<_> = records
+        .iter()
+        .map(|r| r["message_status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["sent", "delivered"]);
-    assert!(records.iter().all(|r| r["kind"] == "status" && r["number"] == OURS));
+    assert!(records
+        .iter()
+        .all(|r| r["kind"] == "status" && r["number"] == OURS));
 }
 
 #[test]
@@ -92,22 +106,45 @@ fn bad_signatures_are_403_and_store_nothing() {
     let good = sign(&path, &body, TOKEN);
 
     let tampered = body.replace("Body=hi", "Body=ho");
-    assert_eq!(s.post(&path, &tampered, &[("X-Twilio-Signature", &good)]).status, 403);
+    assert_eq!(
+        s.post(&path, &tampered, &[("X-Twilio-Signature", &good)])
+            .status,
+        403
+    );
     assert_eq!(s.post_signed("mo", &body, "some-other-token").status, 403);
     assert_eq!(s.post(&path, &body, &[]).status, 403);
-    let other_account = inbound_body(OURS, CUSTOMER, "AC99999999999999999999999999999999", "SM4", "hi");
+    let other_account = inbound_body(
+        OURS,
+        CUSTOMER,
+        "AC99999999999999999999999999999999",
+        "SM4",
+        "hi",
+    );
     assert_eq!(s.post_signed("mo", &other_account, TOKEN).status, 403);
 
     assert!(s.spool_tail("support").is_empty());
-    assert_eq!(s.metric(r#"sms_ingress_rejected_total{reason="signature_invalid"}"#), 2.0);
-    assert_eq!(s.metric(r#"sms_ingress_rejected_total{reason="signature_missing"}"#), 1.0);
-    assert_eq!(s.metric(r#"sms_ingress_rejected_total{reason="account_mismatch"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"sms_ingress_rejected_total{reason="signature_invalid"}"#),
+        2.0
+    );
+    assert_eq!(
+        s.metric(r#"sms_ingress_rejected_total{reason="signature_missing"}"#),
+        1.0
+    );
+    assert_eq!(
+        s.metric(r#"sms_ingress_rejected_total{reason="account_mismatch"}"#),
+        1.0
+    );
     // the signature computed over the URL with the default port is accepted too
     let with_port = {
         let form = sms_ingress::form::Form::parse(body.as_bytes()).unwrap();
         sms_ingress::signature::compute(&format!("{PUBLIC_URL}:443{path}"), &form, TOKEN.as_bytes())
     };
-    assert_eq!(s.post(&path, &body, &[("X-Twilio-Signature", &with_port)]).status, 200);
+    assert_eq!(
+        s.post(&path, &body, &[("X-Twilio-Signature", &with_port)])
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -119,7 +156,10 @@ fn status_codes_in_spec_order() {
     let unknown = inbound_body("+14155550199", CUSTOMER, ACCOUNT, "SM6", "hi");
     let r = s.post_signed("mo", &unknown, TOKEN);
     assert_eq!((r.status, r.text()), (200, EMPTY.to_string()));
-    assert_eq!(s.metric(r#"sms_ingress_dropped_total{reason="unknown_number"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"sms_ingress_dropped_total{reason="unknown_number"}"#),
+        1.0
+    );
     // wrong region key, unknown path
     let wrong_region = "/vendors/v1/twilio/b1adfe3a944c428bbc65d953bb8629b2/mo";
     assert_eq!(s.post(wrong_region, &body, &[]).status, 404);
@@ -131,7 +171,12 @@ fn status_codes_in_spec_order() {
     let big = format!("{body}&Pad={}", "x".repeat(5000));
     assert_eq!(s.post(&mo, &big, &[]).status, 413);
     // media type
-    let r = s.request("POST", &mo, &[("Content-Type", "application/json")], body.as_bytes());
+    let r = s.request(
+        "POST",
+        &mo,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
     assert_eq!(r.status, 415);
     // malformed form, missing our number
     assert_eq!(s.post(&mo, "To=%zz&MessageSid=SM1", &[]).status, 400);
@@ -140,7 +185,9 @@ fn status_codes_in_spec_order() {
     // health
     assert_eq!(s.request("GET", "/healthz", &[], b"").status, 200);
     assert_eq!(s.request("GET", "/readyz", &[], b"").status, 200);
-    assert!(s.metrics().contains("sms_ingress_requests_total{route=\"mo\",status=\"413\"}"));
+    assert!(s
+        .metrics()
+        .contains("sms_ingress_requests_total{route=\"mo\",status=\"413\"}"));
 }
 
 #[test]
@@ -148,7 +195,8 @@ fn oversize_chunked_body_is_refused_while_streaming() {
     let (s, _) = server_with_number(Options::default());
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n",
         TestServer::webhook_path("mo")
@@ -156,7 +204,9 @@ fn oversize_chunked_body_is_refused_while_streaming() {
     c.write_all(head.as_bytes()).unwrap();
     let chunk = "a".repeat(1000);
     for _ in 0..6 {
-        if c.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes()).is_err() {
+        if c.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .is_err()
+        {
             break;
         }
     }
@@ -169,24 +219,52 @@ fn oversize_chunked_body_is_refused_while_streaming() {
 fn admin_status_change_applies_to_the_next_webhook() {
     let (s, id) = server_with_number(Options::default());
     let path = format!("/api/v1/integrations/{id}");
-    let r = s.admin("PATCH", &path, ADMIN_TOKEN, Some(&json!({"status": "inactive"})));
+    let r = s.admin(
+        "PATCH",
+        &path,
+        ADMIN_TOKEN,
+        Some(&json!({"status": "inactive"})),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = s.post_signed("mo", &inbound("SM00000000000000000000000000000007", "dropped"), TOKEN);
+    let r = s.post_signed(
+        "mo",
+        &inbound("SM00000000000000000000000000000007", "dropped"),
+        TOKEN,
+    );
     assert_eq!((r.status, r.text()), (200, EMPTY.to_string()));
-    assert_eq!(s.metric(r#"sms_ingress_dropped_total{reason="integration_inactive"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"sms_ingress_dropped_total{reason="integration_inactive"}"#),
+        1.0
+    );
     assert!(s.spool_tail("support").is_empty());
 
-    let r = s.admin("PATCH", &path, ADMIN_TOKEN, Some(&json!({"status": "active"})));
+    let r = s.admin(
+        "PATCH",
+        &path,
+        ADMIN_TOKEN,
+        Some(&json!({"status": "active"})),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = s.post_signed("mo", &inbound("SM00000000000000000000000000000008", "routed"), TOKEN);
+    let r = s.post_signed(
+        "mo",
+        &inbound("SM00000000000000000000000000000008", "routed"),
+        TOKEN,
+    );
     assert_eq!(r.status, 200);
     assert_eq!(s.spool_tail("support").len(), 1);
 
     // deleting the integration removes the number: webhooks become unknown
     assert_eq!(s.admin("DELETE", &path, ADMIN_TOKEN, None).status, 204);
-    let r = s.post_signed("mo", &inbound("SM00000000000000000000000000000009", "gone"), TOKEN);
+    let r = s.post_signed(
+        "mo",
+        &inbound("SM00000000000000000000000000000009", "gone"),
+        TOKEN,
+    );
     assert_eq!(r.status, 200);
-    assert_eq!(s.metric(r#"sms_ingress_dropped_total{reason="unknown_number"}"#), 1.0);
+    assert_eq!(
+        s.metric(r#"sms_ingress_dropped_total{reason="unknown_number"}"#),
+        1.0
+    );
     assert_eq!(s.spool_tail("support").len(), 1);
 }
 
@@ -204,17 +282,32 @@ fn short_code_keyword_gets_its_reply_and_is_still_enqueued() {
         })),
     );
     assert_eq!(r.status, 201, "{}", r.text());
-    let body = inbound_body("55555", CUSTOMER, ACCOUNT, "SM0000000000000000000000000000000a", " stop ");
+    let body = inbound_body(
+        "55555",
+        CUSTOMER,
+        ACCOUNT,
+        "SM0000000000000000000000000000000a",
+        " stop ",
+    );
     let r = s.post_signed("mo", &body, TOKEN);
     assert_eq!(r.status, 200);
     assert_eq!(
         r.text(),
         r#"<?xml version="1.0" encoding="UTF-8"?><Response><Message>You are unsubscribed &amp; done</Message></Response>"#
     );
-    let body = inbound_body("55555", CUSTOMER, ACCOUNT, "SM0000000000000000000000000000000b", "stop please");
+    let body = inbound_body(
+        "55555",
+        CUSTOMER,
+        ACCOUNT,
+        "SM0000000000000000000000000000000b",
+        "stop please",
+    );
     assert_eq!(s.post_signed("mo", &body, TOKEN).text(), EMPTY);
     let records = s.spool_tail("sc");
-    let actions: Vec<_> = records.iter().map(|r| r["compliance_action"].clone()).collect();
+    let actions: Vec<_> = records
+        .iter()
+        .map(|r| r["compliance_action"].clone())
+        .collect();
     assert_eq!(actions, [json!("opt_out"), json!(null)]);
 }
 
@@ -254,7 +347,10 @@ fn full_queue_answers_503_with_retry_after_and_loses_no_ack() {
             break;
         }
     }
-    assert!(saw_503, "a queue of capacity 1 never filled under 64 concurrent posts");
+    assert!(
+        saw_503,
+        "a queue of capacity 1 never filled under 64 concurrent posts"
+    );
     assert!(s.metric(r#"sms_ingress_rejected_total{reason="queue_full"}"#) >= 1.0);
     let stored: std::collections::HashSet<String> = s
         .spool_tail("support")
@@ -270,13 +366,32 @@ fn full_queue_answers_503_with_retry_after_and_loses_no_ack() {
 fn secrets_and_bodies_never_logged() {
     let (mut s, _) = server_with_number(Options::default());
     let secret_text = "my-very-private-message-text";
-    assert_eq!(s.post_signed("mo", &inbound("SM0000000000000000000000000000000c", secret_text), TOKEN).status, 200);
-    assert_eq!(s.post_signed("mo", &inbound("SM0000000000000000000000000000000d", secret_text), "wrong").status, 403);
+    assert_eq!(
+        s.post_signed(
+            "mo",
+            &inbound("SM0000000000000000000000000000000c", secret_text),
+            TOKEN
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        s.post_signed(
+            "mo",
+            &inbound("SM0000000000000000000000000000000d", secret_text),
+            "wrong"
+        )
+        .status,
+        403
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     let logs = s.logs().join("\n");
     assert!(logs.contains("sms-ingress serving"));
     assert!(!logs.contains(TOKEN), "auth token in logs");
     assert!(!logs.contains(secret_text), "message body in logs");
     let state = std::fs::read_to_string(s.dir.join("state.json")).unwrap();
-    assert!(!state.contains(TOKEN), "auth token in clear in the state file");
+    assert!(
+        !state.contains(TOKEN),
+        "auth token in clear in the state file"
+    );
 }

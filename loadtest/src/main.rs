@@ -1,1 +1,4 @@
-fn main() { eprintln!("sms-loadtest: the harness arrives with the load-test issue"); std::process::exit(2); }
+fn main() {
+    eprintln!("sms-loadtest: the harness arrives with the load-test issue");
+    std::process::exit(2);
+}

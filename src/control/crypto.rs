@@ -139,7 +139,8 @@ impl MasterKey {
         let nonce_raw = B64
             .decode(&sealed.nonce)
             .map_err(|_| CryptoError::Malformed)?;
-        let nonce = Nonce::try_assume_unique_for_key(&nonce_raw).map_err(|_| CryptoError::Malformed)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&nonce_raw).map_err(|_| CryptoError::Malformed)?;
         let mut buf = B64
             .decode(&sealed.ciphertext)
             .map_err(|_| CryptoError::Malformed)?;

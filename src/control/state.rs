@@ -159,8 +159,7 @@ pub fn is_short_code(s: &str) -> bool {
 pub fn is_queue_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -191,7 +190,10 @@ impl State {
             path: path.display().to_string(),
             source,
         };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(werr)?;
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
@@ -207,7 +209,9 @@ impl State {
             f.sync_all().map_err(werr)?;
         }
         std::fs::rename(&tmp, path).map_err(werr)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(werr)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(werr)?;
         Ok(())
     }
 
@@ -245,7 +249,10 @@ impl State {
                 _ => is_e164(&n.sender_id),
             };
             if !format_ok {
-                return bad(format!("number {}: sender_id is not valid for type {:?}", n.sender_id, n.kind));
+                return bad(format!(
+                    "number {}: sender_id is not valid for type {:?}",
+                    n.sender_id, n.kind
+                ));
             }
             if !is_queue_name(&n.queue) {
                 return bad(format!(
@@ -253,8 +260,13 @@ impl State {
                     n.sender_id, n.queue
                 ));
             }
-            if n.kind == NumberType::ShortCode && !n.compliance.as_ref().is_some_and(Compliance::is_complete) {
-                return bad(format!("number {}: short code without complete compliance", n.sender_id));
+            if n.kind == NumberType::ShortCode
+                && !n.compliance.as_ref().is_some_and(Compliance::is_complete)
+            {
+                return bad(format!(
+                    "number {}: short code without complete compliance",
+                    n.sender_id
+                ));
             }
             if integ.status == IntegrationStatus::Inactive && n.status == NumberStatus::Active {
                 return bad(format!(
@@ -329,10 +341,18 @@ mod tests {
         assert!(s.validate().unwrap_err().to_string().contains("twice"));
         let mut s = sample();
         s.integrations[0].account_sid = "ACnope".into();
-        assert!(s.validate().unwrap_err().to_string().contains("account_sid"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("account_sid"));
         let mut s = sample();
         s.numbers[0].integration_id = "int-x".into();
-        assert!(s.validate().unwrap_err().to_string().contains("does not exist"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
         let mut s = sample();
         s.numbers[0].queue = "../etc".into();
         assert!(s.validate().unwrap_err().to_string().contains("queue"));
@@ -347,14 +367,21 @@ mod tests {
         let p = dir.path().join("state.json");
         sample().save(&p).unwrap();
         assert_eq!(State::load(&p).unwrap(), sample());
-        assert_eq!(State::load(&dir.path().join("missing.json")).unwrap(), State::default());
+        assert_eq!(
+            State::load(&dir.path().join("missing.json")).unwrap(),
+            State::default()
+        );
     }
 
     #[test]
     fn unknown_fields_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("state.json");
-        std::fs::write(&p, br#"{"version":1,"integrations":[],"numbers":[],"extra":1}"#).unwrap();
+        std::fs::write(
+            &p,
+            br#"{"version":1,"integrations":[],"numbers":[],"extra":1}"#,
+        )
+        .unwrap();
         assert!(matches!(State::load(&p), Err(StateError::Parse { .. })));
     }
 }

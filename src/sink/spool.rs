@@ -925,8 +925,8 @@ mod tests {
     fn corrupt_frame_in_an_older_segment_is_reported() {
         let tmp = tempfile::tempdir().unwrap();
         let one = frame_of(&env(0)).len() as u64;
-        let mut w = SpoolWriter::open(tmp.path(), Q, one * 2).unwrap();
-        for i in 0..6 {
+        let mut w = SpoolWriter::open(tmp.path(), Q, one * 3).unwrap();
+        for i in 0..9 {
             write(&mut w, i..i + 1);
         }
         drop(w);
@@ -944,7 +944,9 @@ mod tests {
             second + 30 < seg_len,
             "the flipped byte is inside the segment"
         );
-        f.write_all_at(&[0x00], second + 30).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, second + 30).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], second + 30).unwrap();
 
         let mut r = SpoolReader::open(tmp.path(), Q).unwrap();
         assert_eq!(r.next_record().unwrap().unwrap().1, env(0));

@@ -15,8 +15,7 @@ pub const REGION_KEY: &str = "a906d2848ad146028e8805a8bbaa24d3";
 pub const PUBLIC_URL: &str = "https://sms.test.example";
 pub const ADMIN_TOKEN: &str = "admin-token-org-a";
 pub const OTHER_ORG_TOKEN: &str = "admin-token-org-b";
-pub const ALL_PERMS: &str =
-    r#"["integration:add", "integration:view", "integration:edit", "integration:delete", "sms_number:all"]"#;
+pub const ALL_PERMS: &str = r#"["integration:add", "integration:view", "integration:edit", "integration:delete", "sms_number:all"]"#;
 
 /// A running server and everything needed to talk to it.
 pub struct TestServer {
@@ -26,7 +25,7 @@ pub struct TestServer {
     pub metrics_addr: SocketAddr,
     pub admin_socket: PathBuf,
     child: Child,
-    logs: mpsc::Receiver<String>,
+    logs: std::sync::Mutex<mpsc::Receiver<String>>,
     pub log_lines: Vec<String>,
 }
 
@@ -146,9 +145,14 @@ impl TestServer {
         let mut log_lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("server did not start; log so far:\n{}", log_lines.join("\n")));
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "server did not start; log so far:\n{}",
+                    log_lines.join("\n")
+                );
+            };
             log_lines.push(line.clone());
             if line.contains("sms-ingress serving") {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -161,7 +165,7 @@ impl TestServer {
                     addr,
                     metrics_addr,
                     child,
-                    logs: rx,
+                    logs: std::sync::Mutex::new(rx),
                     log_lines,
                 };
             }
@@ -183,7 +187,7 @@ impl TestServer {
 
     /// Every log line so far.
     pub fn logs(&mut self) -> &[String] {
-        while let Ok(l) = self.logs.try_recv() {
+        while let Ok(l) = self.logs.lock().unwrap().try_recv() {
             self.log_lines.push(l);
         }
         &self.log_lines
@@ -206,7 +210,13 @@ impl TestServer {
         self.request("POST", path, &h, body.as_bytes())
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let stream = TcpStream::connect(self.addr).unwrap();
         exchange(stream, method, path, headers, body)
     }
@@ -226,7 +236,13 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 
-    pub fn admin(&self, method: &str, path: &str, token: &str, json: Option<&serde_json::Value>) -> Response {
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Response {
         let stream = UnixStream::connect(&self.admin_socket).unwrap();
         let auth = format!("Bearer {token}");
         let body = json.map(|j| j.to_string()).unwrap_or_default();
@@ -244,7 +260,11 @@ impl TestServer {
             .arg(&self.config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "spool tail failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "spool tail failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -298,7 +318,10 @@ pub fn exchange<S: Read + Write + SetTimeout>(
     body: &[u8],
 ) -> Response {
     stream.set_timeouts(Duration::from_secs(20));
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -318,7 +341,14 @@ pub fn parse_response(raw: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
@@ -330,14 +360,18 @@ pub fn parse_response(raw: &[u8]) -> Response {
     if chunked {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -369,7 +403,9 @@ pub fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
+                out.push(b as char)
+            }
             b' ' => out.push('+'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -378,7 +414,13 @@ pub fn enc(s: &str) -> String {
 }
 
 /// An inbound message body as Twilio would post it.
-pub fn inbound_body(to: &str, from: &str, account_sid: &str, message_sid: &str, text: &str) -> String {
+pub fn inbound_body(
+    to: &str,
+    from: &str,
+    account_sid: &str,
+    message_sid: &str,
+    text: &str,
+) -> String {
     format!(
         "ToCountry=US&ToState=CA&SmsMessageSid={sid}&NumMedia=0&ToCity=&FromZip=&SmsSid={sid}&FromState=CA&SmsStatus=received&FromCity=&Body={body}&FromCountry=US&To={to}&ToZip=&NumSegments=1&MessageSid={sid}&AccountSid={acct}&From={from}&ApiVersion=2010-04-01",
         sid = message_sid,
@@ -390,7 +432,13 @@ pub fn inbound_body(to: &str, from: &str, account_sid: &str, message_sid: &str, 
 }
 
 /// A delivery report as Twilio would post it (our number is From).
-pub fn status_body(ours: &str, to: &str, account_sid: &str, message_sid: &str, status: &str) -> String {
+pub fn status_body(
+    ours: &str,
+    to: &str,
+    account_sid: &str,
+    message_sid: &str,
+    status: &str,
+) -> String {
     format!(
         "SmsSid={sid}&SmsStatus={st}&MessageStatus={st}&To={to}&MessageSid={sid}&AccountSid={acct}&From={from}&ApiVersion=2010-04-01",
         sid = message_sid,
