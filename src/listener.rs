@@ -4,7 +4,7 @@
 
 use crate::webhook::Webhook;
 use anyhow::Context;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -48,26 +48,56 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, webhook: Arc
         let (tls, webhook) = (tls.clone(), webhook.clone());
         tokio::spawn(async move {
             let Some(acceptor) = tls else {
-                return serve_connection(stream, webhook).await;
+                return serve_connection(stream, webhook, Protocol::Detect).await;
             };
-            match acceptor.accept(stream).await {
-                Ok(tls_stream) => serve_connection(tls_stream, webhook).await,
-                Err(e) => {
-                    metrics::counter!("sms_ingress_tls_handshake_errors_total").increment(1);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        Some(_) => Protocol::Http1,
+                        None => Protocol::Detect,
+                    };
+                    serve_connection(tls_stream, webhook, protocol).await
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "failed").increment(1);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "timeout").increment(1);
+                    tracing::debug!(%peer, "TLS handshake timed out");
                 }
             }
         });
     }
 }
 
-/// Serves one connection, HTTP/1.1 or HTTP/2 (by preface or ALPN).
-async fn serve_connection<S>(stream: S, webhook: Arc<Webhook>)
+/// How long a client may take to complete the TLS handshake before it is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which HTTP version a connection speaks: fixed by ALPN under TLS, else by its preface.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    Detect,
+}
+
+/// Serves one connection, HTTP/1.1 or HTTP/2.
+async fn serve_connection<S>(stream: S, webhook: Arc<Webhook>, protocol: Protocol)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| webhook.clone().handle(req));
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer turns on hyper's HTTP/1 header read timeout (30 s), so a client that never
+    // finishes its request head cannot hold a connection forever.
+    builder.http1().timer(TokioTimer::new());
+    let builder = match protocol {
+        Protocol::Http1 => builder.http1_only(),
+        Protocol::Http2 => builder.http2_only(),
+        Protocol::Detect => builder,
+    };
     if let Err(e) = builder
         .serve_connection(TokioIo::new(stream), service)
         .await

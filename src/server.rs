@@ -194,13 +194,12 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
         crate::listener::tls_acceptor(cert, tls_key)?;
     }
     Ok(format!(
-        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, sink {:?} at {}",
+        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, spool sink at {}",
         cfg.region().name,
         cfg.region().webhook_url(),
         state.integrations.len(),
         state.numbers.len(),
         cfg.control.admin_tokens.len(),
-        cfg.sink.kind,
         cfg.sink.dir.display()
     ))
 }

@@ -17,21 +17,8 @@ const OURS: &str = "+442071838750";
 #[test]
 fn kill9_mid_stream_loses_no_acknowledged_webhook() {
     let mut s = TestServer::start(Options::default());
-    let r = s.admin(
-        "POST",
-        "/api/v1/integrations",
-        ADMIN_TOKEN,
-        Some(&json!({"name": "crash", "account_sid": ACCOUNT, "auth_token": TOKEN})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let r = s.admin(
-        "POST",
-        "/api/v1/numbers",
-        ADMIN_TOKEN,
-        Some(&json!({"sender_id": OURS, "type": "mobile", "country": "GB", "integration_id": id, "queue": "crash"})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
+    let number = json!({"sender_id": OURS, "type": "mobile", "country": "GB", "queue": "crash"});
+    setup_number(&s, ACCOUNT, TOKEN, number);
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));

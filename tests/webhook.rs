@@ -15,21 +15,8 @@ const EMPTY: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
 /// A server with one active integration of org-a and one number routed to queue "support".
 fn server_with_number(opts: Options) -> (TestServer, String) {
     let s = TestServer::start(opts);
-    let r = s.admin(
-        "POST",
-        "/api/v1/integrations",
-        ADMIN_TOKEN,
-        Some(&json!({"name": "main", "account_sid": ACCOUNT, "auth_token": TOKEN})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let r = s.admin(
-        "POST",
-        "/api/v1/numbers",
-        ADMIN_TOKEN,
-        Some(&json!({"sender_id": OURS, "type": "local", "country": "US", "integration_id": id, "queue": "support"})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
+    let number = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support"});
+    let id = setup_number(&s, ACCOUNT, TOKEN, number);
     (s, id)
 }
 

@@ -9,6 +9,7 @@ use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, 
 use super::store::ControlStore;
 use crate::config::{AdminToken, Permission};
 use crate::regions::{Region, REGIONS};
+use crate::signature::constant_time_eq;
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -402,11 +403,6 @@ impl AdminApi {
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("the request handler failed")))
     }
-}
-
-/// Equal-length slices compared without an early exit, so timing reveals nothing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Reads the whole body, refusing more than `MAX_BODY_BYTES`.

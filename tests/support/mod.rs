@@ -448,3 +448,25 @@ pub fn status_body(
         acct = account_sid,
     )
 }
+
+/// Creates an integration of org-a and imports one number into it; returns the integration id.
+pub fn setup_number(
+    s: &TestServer,
+    account_sid: &str,
+    auth_token: &str,
+    number: serde_json::Value,
+) -> String {
+    let r = s.admin(
+        "POST",
+        "/api/v1/integrations",
+        ADMIN_TOKEN,
+        Some(&serde_json::json!({"name": "test", "account_sid": account_sid, "auth_token": auth_token})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let mut number = number;
+    number["integration_id"] = serde_json::Value::String(id.clone());
+    let r = s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&number));
+    assert_eq!(r.status, 201, "{}", r.text());
+    id
+}
