@@ -13,6 +13,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub sink: SinkConfig,
+    pub dead_letters: DeadLetterConfig,
     pub queues: QueuesConfig,
     pub policy: PolicyConfig,
     pub log: LogConfig,
@@ -72,6 +73,16 @@ pub struct ControlConfig {
     /// File holding base64 of 32 random bytes; `SMS_INGRESS_MASTER_KEY` overrides it.
     pub master_key_file: Option<PathBuf>,
     pub twilio_api_base: String,
+    /// Base of Twilio's Messaging Services API (checked for "defer to sender's webhook").
+    pub twilio_messaging_base: String,
+    /// Run the Twilio REST checks at import and at credential changes.
+    pub vendor_checks: bool,
+    /// Time limit of one Twilio REST call, in milliseconds.
+    pub vendor_timeout_ms: u64,
+    /// JSON-lines audit log of every control-plane change.
+    pub audit_log: PathBuf,
+    /// Watch the state file and swap in valid external edits.
+    pub watch_state_file: bool,
     pub admin_tokens: Vec<AdminToken>,
 }
 
@@ -82,6 +93,11 @@ impl Default for ControlConfig {
             admin_socket: "data/admin.sock".into(),
             master_key_file: Some("data/master.key".into()),
             twilio_api_base: "https://api.twilio.com".into(),
+            twilio_messaging_base: "https://messaging.twilio.com/v1".into(),
+            vendor_checks: true,
+            vendor_timeout_ms: 5000,
+            audit_log: "data/audit.log".into(),
+            watch_state_file: true,
             admin_tokens: Vec::new(),
         }
     }
@@ -143,6 +159,25 @@ impl Default for SinkConfig {
             dir: "data/spool".into(),
             segment_bytes: 64 * 1024 * 1024,
             max_batch: 1024,
+        }
+    }
+}
+
+/// Webhooks dropped for an inactive integration or a disabled number, kept for replay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Root directory: one spool per integration.
+    pub dir: PathBuf,
+    /// Most dead letters kept per integration; beyond it webhooks get 503 (nothing is dropped unstored).
+    pub max_per_integration: u64,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            dir: "data/dead-letters".into(),
+            max_per_integration: 100_000,
         }
     }
 }
@@ -268,6 +303,9 @@ impl Config {
         }
         if self.queues.capacity == 0 {
             return invalid("queues.capacity", "must be at least 1");
+        }
+        if self.control.vendor_timeout_ms == 0 {
+            return invalid("control.vendor_timeout_ms", "must be at least 1");
         }
         if self.sink.max_batch == 0 {
             return invalid("sink.max_batch", "must be at least 1");
