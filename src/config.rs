@@ -16,6 +16,7 @@ pub struct Config {
     pub dead_letters: DeadLetterConfig,
     pub queues: QueuesConfig,
     pub policy: PolicyConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
 }
 
@@ -215,6 +216,43 @@ impl Default for PolicyConfig {
     }
 }
 
+/// Connection-level limits of the webhook listener; each counted when it fires.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections served at once; further ones are closed at accept.
+    pub max_connections: usize,
+    /// Time a client has to send a complete HTTP/1 request head (slowloris).
+    pub header_read_timeout_ms: u64,
+    /// Time from request head to response; past it the answer is 503 + Retry-After.
+    pub request_timeout_ms: u64,
+    /// A connection with no bytes read or written for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Time a client has to finish the TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
+    /// Largest HTTP/1 request head, and HTTP/2 header list, in bytes.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// On SIGTERM/SIGINT: time allowed for in-flight requests and sinks to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 14_000,
+            idle_timeout_ms: 60_000,
+            tls_handshake_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            h2_max_concurrent_streams: 256,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -303,6 +341,28 @@ impl Config {
         }
         if self.queues.capacity == 0 {
             return invalid("queues.capacity", "must be at least 1");
+        }
+        let l = &self.limits;
+        let timeouts = [
+            ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
+            ("limits.request_timeout_ms", l.request_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            (
+                "limits.tls_handshake_timeout_ms",
+                l.tls_handshake_timeout_ms,
+            ),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, v)| *v == 0) {
+            return invalid(key, "must be at least 1 (milliseconds)");
+        }
+        if l.max_connections == 0 || l.h2_max_concurrent_streams == 0 {
+            return invalid(
+                "limits.max_connections",
+                "max_connections and h2_max_concurrent_streams must be at least 1",
+            );
+        }
+        if l.max_header_bytes < 1024 {
+            return invalid("limits.max_header_bytes", "must be at least 1024");
         }
         if self.control.vendor_timeout_ms == 0 {
             return invalid("control.vendor_timeout_ms", "must be at least 1");

@@ -1,17 +1,27 @@
 //! The listener: accepts TCP connections, terminates TLS with rustls when configured (ALPN
 //! h2 and http/1.1), and serves HTTP/1.1 or HTTP/2 on each with hyper — the first step of
-//! the request path.
+//! the request path. It also enforces the connection-level limits (`[limits]`) and drains
+//! connections gracefully on shutdown.
 
+use crate::config::LimitsConfig;
 use crate::webhook::Webhook;
 use anyhow::Context;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Builds the TLS acceptor from PEM files: TLS 1.2 and 1.3 only, rustls defaults, h2 preferred.
@@ -32,48 +42,133 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts connections forever, one task per connection.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, webhook: Arc<Webhook>) {
+/// Tells every connection to finish its in-flight requests and close.
+#[derive(Clone)]
+pub struct Drain {
+    rx: watch::Receiver<bool>,
+}
+
+/// The sending side of `Drain`, held by start-up.
+pub struct DrainSignal {
+    tx: watch::Sender<bool>,
+}
+
+/// A drain signal and the receiver to hand to `serve`.
+pub fn drain_channel() -> (DrainSignal, Drain) {
+    let (tx, rx) = watch::channel(false);
+    (DrainSignal { tx }, Drain { rx })
+}
+
+impl DrainSignal {
+    /// Starts draining: no new requests on kept-alive connections, in-flight ones finish.
+    pub fn drain(&self) {
+        let _ = self.tx.send(true);
+    }
+
+    /// Waits until every connection task has ended (all receivers dropped), or the deadline.
+    pub async fn wait_closed(&self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, self.tx.closed())
+            .await
+            .is_ok()
+    }
+}
+
+impl Drain {
+    async fn signalled(&mut self) {
+        while !*self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+/// Everything a connection task needs, shared.
+struct Shared {
+    webhook: Arc<Webhook>,
+    tls: Option<TlsAcceptor>,
+    limits: LimitsConfig,
+    connections: Arc<Semaphore>,
+    epoch: Instant,
+}
+
+/// Accepts connections until draining starts, one task per connection.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    webhook: Arc<Webhook>,
+    limits: LimitsConfig,
+    mut drain: Drain,
+) {
+    let shared = Arc::new(Shared {
+        webhook,
+        tls,
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        limits,
+        epoch: Instant::now(),
+    });
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.signalled() => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 metrics::counter!("sms_ingress_accept_errors_total").increment(1);
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            metrics::counter!("sms_ingress_connections_rejected_total", "reason" => "max_connections").increment(1);
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (tls, webhook) = (tls.clone(), webhook.clone());
+        let (shared, drain) = (shared.clone(), drain.clone());
         tokio::spawn(async move {
-            let Some(acceptor) = tls else {
-                return serve_connection(stream, webhook, Protocol::Detect).await;
-            };
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => {
-                    let protocol = match tls_stream.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        Some(_) => Protocol::Http1,
-                        None => Protocol::Detect,
-                    };
-                    serve_connection(tls_stream, webhook, protocol).await
-                }
-                Ok(Err(e)) => {
-                    metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "failed").increment(1);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "timeout").increment(1);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                }
-            }
+            metrics::gauge!("sms_ingress_connections_active").increment(1.0);
+            accept_one(stream, peer, &shared, drain).await;
+            metrics::gauge!("sms_ingress_connections_active").decrement(1.0);
+            drop(permit);
         });
     }
 }
 
-/// How long a client may take to complete the TLS handshake before it is dropped.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Completes TLS (bounded in time) if configured, then serves the connection.
+async fn accept_one(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Shared,
+    drain: Drain,
+) {
+    let Some(acceptor) = &shared.tls else {
+        return serve_connection(stream, shared, Protocol::Detect, drain).await;
+    };
+    let handshake = Duration::from_millis(shared.limits.tls_handshake_timeout_ms);
+    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+        Ok(Ok(tls_stream)) => {
+            let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                Some(_) => Protocol::Http1,
+                None => Protocol::Detect,
+            };
+            serve_connection(tls_stream, shared, protocol, drain).await
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "failed")
+                .increment(1);
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "timeout")
+                .increment(1);
+            tracing::debug!(%peer, "TLS handshake timed out");
+        }
+    }
+}
 
 /// Which HTTP version a connection speaks: fixed by ALPN under TLS, else by its preface.
 #[derive(Clone, Copy)]
@@ -83,25 +178,170 @@ enum Protocol {
     Detect,
 }
 
-/// Serves one connection, HTTP/1.1 or HTTP/2.
-async fn serve_connection<S>(stream: S, webhook: Arc<Webhook>, protocol: Protocol)
+/// Serves one connection until it ends, goes idle, or draining finishes it.
+async fn serve_connection<S>(stream: S, shared: &Shared, protocol: Protocol, mut drain: Drain)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| webhook.clone().handle(req));
+    let last_activity = Arc::new(AtomicU64::new(shared.epoch.elapsed().as_millis() as u64));
+    let io = Tracked {
+        inner: stream,
+        last: last_activity.clone(),
+        epoch: shared.epoch,
+    };
+    let (webhook, request_timeout) = (
+        shared.webhook.clone(),
+        Duration::from_millis(shared.limits.request_timeout_ms),
+    );
+    let service = hyper::service::service_fn(move |req| {
+        let webhook = webhook.clone();
+        async move {
+            match tokio::time::timeout(request_timeout, webhook.clone().handle(req)).await {
+                Ok(resp) => resp,
+                Err(_) => Ok(request_timed_out(&webhook)),
+            }
+        }
+    });
+    let builder = http_builder(&shared.limits, protocol);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let idle = Duration::from_millis(shared.limits.idle_timeout_ms);
+    let mut tick = tokio::time::interval(
+        idle.min(Duration::from_secs(1))
+            .max(Duration::from_millis(50)),
+    );
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.signalled(), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_since = Some(Instant::now());
+            }
+            _ = tick.tick() => {
+                let quiet = shared.epoch.elapsed().saturating_sub(Duration::from_millis(last_activity.load(Ordering::Relaxed)));
+                match closing_since {
+                    None if quiet >= idle => {
+                        metrics::counter!("sms_ingress_connection_timeouts_total", "kind" => "idle").increment(1);
+                        conn.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                    Some(since) if since.elapsed() >= idle.max(request_timeout) => {
+                        metrics::counter!("sms_ingress_connection_timeouts_total", "kind" => "close").increment(1);
+                        return; // a peer that neither reads nor closes: drop it
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// hyper's connection builder with the configured limits.
+fn http_builder(limits: &LimitsConfig, protocol: Protocol) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // A timer turns on hyper's HTTP/1 header read timeout (30 s), so a client that never
-    // finishes its request head cannot hold a connection forever.
-    builder.http1().timer(TokioTimer::new());
-    let builder = match protocol {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_send_buf_size(64 * 1024);
+    match protocol {
         Protocol::Http1 => builder.http1_only(),
         Protocol::Http2 => builder.http2_only(),
         Protocol::Detect => builder,
-    };
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn request_timed_out(webhook: &Webhook) -> Response<Full<Bytes>> {
+    metrics::counter!("sms_ingress_rejected_total", "reason" => "request_timeout").increment(1);
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"request_timeout")));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut()
+        .insert(http::header::RETRY_AFTER, webhook.retry_after());
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// An I/O stream that records when bytes last moved, for the idle timeout.
+struct Tracked<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S> Tracked<S> {
+    fn touch(&self) {
+        self.last
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

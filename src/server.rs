@@ -132,9 +132,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         numbers = inventory.load().len(),
         "sms-ingress serving"
     );
+    let (drain_signal, drain) = crate::listener::drain_channel();
+    let limits = cfg.limits.clone();
+    tokio::spawn(crate::listener::serve(
+        listener, tls, webhook, limits, drain,
+    ));
+    shutdown_signal().await;
+    let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
+    tracing::info!(
+        grace_ms = cfg.limits.shutdown_grace_ms,
+        "shutdown signal: draining connections"
+    );
+    drain_signal.drain();
     tokio::select! {
-        _ = crate::listener::serve(listener, tls, webhook) => {}
-        _ = shutdown_signal() => tracing::info!("shutdown signal received; exiting"),
+        closed = drain_signal.wait_closed(grace) => {
+            if closed {
+                tracing::info!("all connections closed; every acknowledged webhook is durable; exiting");
+            } else {
+                tracing::warn!("shutdown grace period over with connections still open; exiting");
+            }
+        }
+        _ = shutdown_signal() => {
+            tracing::warn!("second shutdown signal: exiting at once");
+            std::process::exit(130);
+        }
     }
     Ok(())
 }

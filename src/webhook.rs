@@ -103,6 +103,11 @@ impl Webhook {
         }
     }
 
+    /// The `Retry-After` value of every 503.
+    pub fn retry_after(&self) -> HeaderValue {
+        self.retry_after.clone()
+    }
+
     /// Marks the first snapshot as loaded, so `/readyz` may answer 200.
     pub fn set_loaded(&self) {
         self.loaded.store(true, Ordering::Release);
