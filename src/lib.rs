@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod dispatch;
 pub mod envelope;
+pub mod fake_twilio;
 pub mod form;
 pub mod inventory;
 pub mod listener;

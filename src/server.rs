@@ -83,7 +83,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ControlStore::open(&cfg.control.state_file, key.clone(), publish)
             .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?,
     );
-    let admin_api = Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?);
+    let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
+    let admin_api =
+        Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?.with_vendor(vendor));
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {

@@ -7,6 +7,7 @@ use super::crypto::{Sealed, Secret};
 use super::import::{check_import, ImportError, ImportRequest};
 use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, StateError};
 use super::store::ControlStore;
+use super::vendor::{ImportVendorError, TwilioClient, VendorError};
 use crate::config::{AdminToken, Permission};
 use crate::regions::{Region, REGIONS};
 use crate::signature::constant_time_eq;
@@ -144,6 +145,7 @@ pub struct AdminApi {
     store: Arc<ControlStore>,
     tokens: Vec<TokenEntry>,
     region: &'static Region,
+    vendor: Option<Arc<TwilioClient>>,
 }
 
 /// One operation of the contract, resolved from method and path.
@@ -324,7 +326,14 @@ impl AdminApi {
             store,
             tokens,
             region,
+            vendor: None,
         })
+    }
+
+    /// Turns the Twilio REST checks on (`Some`) or off (`None`, `control.vendor_checks = false`).
+    pub fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
+        self.vendor = vendor;
+        self
     }
 
     /// The store behind the API.
@@ -391,12 +400,17 @@ impl AdminApi {
         };
         let store = Arc::clone(&self.store);
         let region = self.region;
-        // Writes fsync the state file: keep that off the async workers.
+        let vendor = self.vendor.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Writes fsync the state file and vendor checks wait on Twilio: keep both off the
+        // async workers (a blocking thread may wait on the runtime with `block_on`).
         tokio::task::spawn_blocking(move || {
             let ctx = Ctx {
                 store: &store,
                 who: &who,
                 region,
+                vendor: vendor.as_deref(),
+                runtime: &runtime,
             };
             ctx.run(op, query.as_deref(), &body)
         })
@@ -551,6 +565,10 @@ struct Ctx<'a> {
     store: &'a ControlStore,
     who: &'a Principal,
     region: &'static Region,
+    /// The Twilio REST client, when vendor checks are on.
+    vendor: Option<&'a TwilioClient>,
+    /// Where the vendor checks' futures run while this thread waits.
+    runtime: &'a tokio::runtime::Handle,
 }
 
 impl Ctx<'_> {
@@ -565,10 +583,12 @@ impl Ctx<'_> {
                 "not_implemented",
                 "dead-letter replay is not available yet",
             )),
-            Op::CreateIntegration => {
-                self.audited("integration.create", "-", || self.create_integration(body))
-            }
+            Op::CreateIntegration => self.audited("integration.create", "-", || {
+                self.vendor_check_create(body)?;
+                self.create_integration(body)
+            }),
             Op::PatchIntegration(id) => self.audited("integration.update", &id, || {
+                self.vendor_check_patch(&id, body)?;
                 self.patch_integration(&id, body)
             }),
             Op::DeleteIntegration(id) => {
@@ -727,12 +747,16 @@ impl Ctx<'_> {
         let req: ImportRequest = parse(body)?;
         let org = self.org();
         // Cheap checks first, against the current state and the imports under way.
-        check_import(&self.store.snapshot(), org, &req, &self.store.in_flight())?;
+        let state = self.store.snapshot();
+        check_import(&state, org, &req, &self.store.in_flight())?;
         let _reservation = self
             .store
             .reserve(&req.sender_id)
             .ok_or(ImportError::ProvisioningInProgress)?;
-        // The vendor (Twilio REST) checks will run here, without the state lock.
+        // The vendor (Twilio REST) checks run here, without the state lock; the local
+        // checks run again inside `apply`, against whatever changed meanwhile.
+        self.vendor_check_number(&state, &req)?;
+        drop(state);
         let number = self.store.apply(|s| {
             let number = check_import(s, org, &req, &HashSet::new())?;
             s.numbers.push(number.clone());
@@ -787,6 +811,98 @@ impl Ctx<'_> {
             "regions": table,
         });
         (StatusCode::OK, Some(body))
+    }
+}
+
+/// The Twilio REST checks (`control::vendor`), run before anything is stored; each is a
+/// no-op when vendor checks are off.
+impl Ctx<'_> {
+    /// Waits on the runtime for one vendor call (this thread is a blocking-pool thread).
+    fn wait<T>(&self, call: impl Future<Output = T>) -> T {
+        self.runtime.block_on(call)
+    }
+
+    /// A new integration's Account SID / Auth Token must be accepted by Twilio; a body the
+    /// local validation will refuse is left to it.
+    fn vendor_check_create(&self, body: &[u8]) -> Result<(), ApiError> {
+        let Some(vendor) = self.vendor else {
+            return Ok(());
+        };
+        let Ok(req) = serde_json::from_slice::<CreateIntegration>(body) else {
+            return Ok(());
+        };
+        let valid = !req.name.trim().is_empty()
+            && super::state::is_account_sid(&req.account_sid)
+            && !req.auth_token.trim().is_empty();
+        if !valid {
+            return Ok(());
+        }
+        let token = Secret::new(req.auth_token);
+        Ok(self.wait(vendor.check_credentials(&req.account_sid, &token))?)
+    }
+
+    /// Every Auth Token a PATCH sets (primary or next) must be accepted by Twilio for the
+    /// integration's account; an unknown integration is left to the handler's 404.
+    fn vendor_check_patch(&self, id: &str, body: &[u8]) -> Result<(), ApiError> {
+        let Some(vendor) = self.vendor else {
+            return Ok(());
+        };
+        let Ok(req) = serde_json::from_slice::<PatchIntegration>(body) else {
+            return Ok(());
+        };
+        let mut state = self.store.snapshot();
+        let Ok(integration) = find_own(&mut state, self.org(), id) else {
+            return Ok(());
+        };
+        let tokens = [req.auth_token, req.next_auth_token.flatten()];
+        for token in tokens
+            .into_iter()
+            .flatten()
+            .filter(|t| !t.trim().is_empty())
+        {
+            let token = Secret::new(token);
+            self.wait(vendor.check_credentials(&integration.account_sid, &token))?;
+        }
+        Ok(())
+    }
+
+    /// The import's vendor checks with the integration's primary token, then its next
+    /// token if Twilio rejects the primary (a rotation may be under way at Twilio).
+    fn vendor_check_number(&self, state: &State, req: &ImportRequest) -> Result<(), ApiError> {
+        let Some(vendor) = self.vendor else {
+            return Ok(());
+        };
+        let integration = req
+            .integration_id
+            .as_deref()
+            .and_then(|id| state.integration(id))
+            .ok_or(ImportError::IntegrationMissing)?;
+        let open = |sealed: &Sealed| {
+            self.store
+                .master_key()
+                .open(sealed, &integration.id)
+                .map_err(|_| ApiError::internal("the stored Auth Token could not be opened"))
+        };
+        let mut tokens = vec![open(&integration.auth_token)?];
+        if let Some(next) = &integration.next_auth_token {
+            tokens.push(open(next)?);
+        }
+        let webhook_url = self.region.webhook_url();
+        let mut result = Ok(());
+        for token in &tokens {
+            result = self.wait(vendor.check_number(
+                &integration.account_sid,
+                token,
+                &req.sender_id,
+                req.kind,
+                &webhook_url,
+            ));
+            let rejected = ImportVendorError::Vendor(VendorError::CredentialsRejected);
+            if result.as_ref().err() != Some(&rejected) {
+                break;
+            }
+        }
+        Ok(result?)
     }
 }
 

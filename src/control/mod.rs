@@ -5,3 +5,4 @@ pub mod crypto;
 pub mod import;
 pub mod state;
 pub mod store;
+pub mod vendor;

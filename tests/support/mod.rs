@@ -35,6 +35,11 @@ pub struct Options {
     pub queue_capacity: usize,
     pub max_batch: usize,
     pub extra: String,
+    /// Base URL of a fake Twilio (`http://127.0.0.1:PORT`): turns `control.vendor_checks`
+    /// on against it (`…/v1` for Messaging). `None` keeps vendor checks off.
+    pub twilio_base: Option<String>,
+    /// Raw TOML placed right after the `[control]` header.
+    pub control_extra: String,
 }
 
 impl Default for Options {
@@ -43,6 +48,8 @@ impl Default for Options {
             queue_capacity: 4096,
             max_batch: 1024,
             extra: String::new(),
+            twilio_base: None,
+            control_extra: String::new(),
         }
     }
 }
@@ -54,6 +61,16 @@ pub fn sha256_hex(s: &str) -> String {
         let _ = write!(acc, "{b:02x}");
         acc
     })
+}
+
+/// The `[control]` keys of the vendor checks: on against a fake Twilio, else off.
+fn vendor_toml(opts: &Options) -> String {
+    match &opts.twilio_base {
+        Some(base) => format!(
+            "vendor_checks = true\ntwilio_api_base = \"{base}\"\ntwilio_messaging_base = \"{base}/v1\"\n"
+        ),
+        None => "vendor_checks = false\n".to_string(),
+    }
 }
 
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
@@ -72,6 +89,7 @@ retry_after_secs = 7
 listen = "127.0.0.1:0"
 
 [control]
+{vendor}{control_extra}
 state_file = "{d}/state.json"
 admin_socket = "{d}/admin.sock"
 master_key_file = "{d}/master.key"
@@ -107,6 +125,8 @@ level = "debug"
         mb = opts.max_batch,
         cap = opts.queue_capacity,
         extra = opts.extra,
+        vendor = vendor_toml(opts),
+        control_extra = opts.control_extra,
     );
     let path = dir.join("config.toml");
     std::fs::write(&path, cfg).unwrap();
