@@ -85,11 +85,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?
             .with_audit(AuditLog::open(&cfg.control.audit_log)?),
     );
-    let _watcher = (cfg.control.watch_state_file)
-        .then(|| crate::control::watch::spawn(store.clone()))
-        .transpose()?;
     let admin_api = Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?);
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
+    let _watcher = (cfg.control.watch_state_file)
+        .then(|| crate::control::watch::spawn(admin_api.store().clone()))
+        .transpose()?;
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),

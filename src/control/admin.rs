@@ -826,6 +826,19 @@ impl Ctx<'_> {
     }
 }
 
+/// Deactivation disables an integration's numbers; reactivation makes them active again.
+fn set_number_status(state: &mut State, integration_id: &str, status: IntegrationStatus) {
+    let (from, to) = match status {
+        IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
+        IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
+    };
+    for n in state.numbers.iter_mut() {
+        if n.integration_id == integration_id && n.status == from {
+            n.status = to;
+        }
+    }
+}
+
 /// A token rotation request that cannot be carried out (422 `invalid_request`).
 fn rotation_error(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -842,19 +855,6 @@ fn promote_next_auth_token(i: &mut Integration, key: &MasterKey) -> Result<(), A
     let token = key.open(&next, &i.id).map_err(sealing_failed)?;
     i.auth_token = key.seal(&token, &i.id).map_err(sealing_failed)?;
     Ok(())
-}
-
-/// Deactivation disables an integration's numbers; reactivation makes them active again.
-fn set_number_status(state: &mut State, integration_id: &str, status: IntegrationStatus) {
-    let (from, to) = match status {
-        IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
-        IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
-    };
-    for n in state.numbers.iter_mut() {
-        if n.integration_id == integration_id && n.status == from {
-            n.status = to;
-        }
-    }
 }
 
 /// Serves the admin API on a Unix socket until `shutdown` resolves, then lets open
