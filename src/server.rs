@@ -3,6 +3,7 @@
 
 use crate::config::{Config, SinkKind};
 use crate::control::admin::{self, AdminApi};
+use crate::control::audit::AuditLog;
 use crate::control::crypto::MasterKey;
 use crate::control::state::State;
 use crate::control::store::{ControlStore, Publisher};
@@ -81,12 +82,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let store = Arc::new(
         ControlStore::open(&cfg.control.state_file, key.clone(), publish)
-            .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?,
+            .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?
+            .with_audit(AuditLog::open(&cfg.control.audit_log)?),
     );
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api =
         Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?.with_vendor(vendor));
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
+    let _watcher = (cfg.control.watch_state_file)
+        .then(|| crate::control::watch::spawn(admin_api.store().clone()))
+        .transpose()?;
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),

@@ -3,7 +3,7 @@
 //! each request into one `ControlStore::apply` (writes) or `snapshot` (reads). A token
 //! sees its own org only; Auth Tokens go in, are sealed, and never come out.
 
-use super::crypto::{Sealed, Secret};
+use super::crypto::{MasterKey, Sealed, Secret};
 use super::import::{check_import, ImportError, ImportRequest};
 use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, StateError};
 use super::store::ControlStore;
@@ -527,6 +527,9 @@ struct PatchIntegration {
     next_auth_token: Option<Option<String>>,
     #[serde(default)]
     status: Option<IntegrationStatus>,
+    /// Makes the rotation candidate the primary token and clears it.
+    #[serde(default)]
+    promote_next_auth_token: bool,
 }
 
 /// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`).
@@ -619,6 +622,7 @@ impl Ctx<'_> {
             _ => target.to_string(),
         };
         let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code());
+        self.audit_line(action, &target, &result);
         tracing::info!(
             org = %self.who.org,
             token_id = %self.who.token_id,
@@ -628,6 +632,30 @@ impl Ctx<'_> {
             "admin change"
         );
         result
+    }
+
+    /// Appends the change's line to the audit log; the message is redacted of quoted values.
+    fn audit_line(&self, action: &str, target: &str, result: &Result<Reply, ApiError>) {
+        use super::audit::{Entry, Outcome, Source};
+        let err = result.as_ref().err();
+        self.store.audit().record(&Entry {
+            source: Source::Admin,
+            org: Some(&self.who.org),
+            token_id: Some(&self.who.token_id),
+            action,
+            target,
+            result: if err.is_some() {
+                Outcome::Rejected
+            } else {
+                Outcome::Accepted
+            },
+            code: err.map(ApiError::code),
+            reason: err.map(ApiError::message),
+            state_version: match err {
+                Some(_) => self.store.version(),
+                None => super::store::last_applied_version(),
+            },
+        });
     }
 
     fn org(&self) -> &str {
@@ -709,8 +737,16 @@ impl Ctx<'_> {
             Some(None) => Some(None),
             None => None,
         };
+        if req.promote_next_auth_token && (auth_token.is_some() || next_auth_token.is_some()) {
+            return Err(rotation_error(
+                "promote_next_auth_token cannot be combined with auth_token or next_auth_token",
+            ));
+        }
         let view = self.store.apply(|s| {
             let i = find_own(s, self.org(), id)?;
+            if req.promote_next_auth_token {
+                promote_next_auth_token(i, self.store.master_key())?;
+            }
             if let Some(name) = req.name {
                 i.name = name;
             }
@@ -917,6 +953,24 @@ fn set_number_status(state: &mut State, integration_id: &str, status: Integratio
             n.status = to;
         }
     }
+}
+
+/// A token rotation request that cannot be carried out (422 `invalid_request`).
+fn rotation_error(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+}
+
+/// Ends a rotation: the next token becomes the primary, re-sealed under the integration
+/// id with a fresh nonce, and the next slot is cleared.
+fn promote_next_auth_token(i: &mut Integration, key: &MasterKey) -> Result<(), ApiError> {
+    let next = i
+        .next_auth_token
+        .take()
+        .ok_or_else(|| rotation_error("no next_auth_token is set to promote"))?;
+    let sealing_failed = |_| ApiError::internal("the next Auth Token could not be re-sealed");
+    let token = key.open(&next, &i.id).map_err(sealing_failed)?;
+    i.auth_token = key.seal(&token, &i.id).map_err(sealing_failed)?;
+    Ok(())
 }
 
 /// Serves the admin API on a Unix socket until `shutdown` resolves, then lets open

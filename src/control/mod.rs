@@ -1,8 +1,10 @@
 //! The control plane: integrations and numbers, persisted and swapped into the data plane.
 
 pub mod admin;
+pub mod audit;
 pub mod crypto;
 pub mod import;
 pub mod state;
 pub mod store;
 pub mod vendor;
+pub mod watch;

@@ -163,20 +163,60 @@ pub fn is_queue_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Replaces `path` with `bytes` atomically: temp file beside it, fsync, rename, fsync the
+/// directory, so a reader (or the watcher) never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let werr = |source| StateError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(bytes).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+    }
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(werr)?;
+    Ok(())
+}
+
 impl State {
     /// Reads and validates a state file; a missing file is an empty state.
     pub fn load(path: &Path) -> Result<State, StateError> {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
-            Err(source) => {
-                return Err(StateError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
-        };
-        let state: State = serde_json::from_slice(&text).map_err(|source| StateError::Parse {
+        match Self::read_bytes(path)? {
+            Some(bytes) => Self::parse(path, &bytes),
+            None => Ok(State::default()),
+        }
+    }
+
+    /// The file's bytes, or `None` when it does not exist (the store starts empty then).
+    pub fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
+        match std::fs::read(path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(StateError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and validates the bytes of a state file (`path` only names it in errors).
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
+        let state: State = serde_json::from_slice(bytes).map_err(|source| StateError::Parse {
             path: path.display().to_string(),
             source,
         })?;
@@ -184,35 +224,16 @@ impl State {
         Ok(state)
     }
 
+    /// The exact bytes `save` writes, so the store can recognise its own file later.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("state serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+
     /// Writes atomically: temp file in the same directory, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let werr = |source| StateError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-            std::process::id()
-        ));
-        let bytes = serde_json::to_vec_pretty(self).expect("state serialises");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-            f.write_all(&bytes).map_err(werr)?;
-            f.write_all(b"\n").map_err(werr)?;
-            f.sync_all().map_err(werr)?;
-        }
-        std::fs::rename(&tmp, path).map_err(werr)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr)?;
-        Ok(())
+        write_atomic(path, &self.encode())
     }
 
     /// Checks every invariant the data plane relies on; the first violation is the error.

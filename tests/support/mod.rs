@@ -93,6 +93,7 @@ listen = "127.0.0.1:0"
 state_file = "{d}/state.json"
 admin_socket = "{d}/admin.sock"
 master_key_file = "{d}/master.key"
+audit_log = "{d}/audit.log"
 
 [[control.admin_tokens]]
 id = "a-admin"

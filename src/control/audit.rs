@@ -1,0 +1,267 @@
+//! The control plane's audit trail: one JSON line per change, admin API (accepted and
+//! rejected) and state-file reloads alike, appended to `control.audit_log`. Lines name
+//! who (org, token id), what (action, target) and the outcome, never a token or secret.
+
+use serde::Serialize;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The admin API on the Unix socket.
+    Admin,
+    /// An external edit of the watched state file.
+    File,
+}
+
+/// Whether the change became live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Persisted and swapped in.
+    Accepted,
+    /// Refused; nothing changed anywhere.
+    Rejected,
+}
+
+/// One audit line before it is stamped with the time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// Admin API or state file.
+    pub source: Source,
+    /// The caller's org (admin changes only).
+    pub org: Option<&'a str>,
+    /// The caller's token id, never the token (admin changes only).
+    pub token_id: Option<&'a str>,
+    /// What was attempted, e.g. `integration.update` or `state.reload`.
+    pub action: &'a str,
+    /// The integration id, sender id or file the change is about.
+    pub target: &'a str,
+    /// Accepted or rejected.
+    pub result: Outcome,
+    /// The machine-readable code of a rejection.
+    pub code: Option<&'a str>,
+    /// Why it was rejected; redacted of quoted values before it is written.
+    pub reason: Option<&'a str>,
+    /// The state version in force after the change (or still in force after a rejection).
+    pub state_version: u64,
+}
+
+/// The serialised shape of a line, fields in the documented order.
+#[derive(Serialize)]
+struct Line<'a> {
+    at: String,
+    source: Source,
+    org: Option<&'a str>,
+    token_id: Option<&'a str>,
+    action: &'a str,
+    target: &'a str,
+    result: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    state_version: u64,
+}
+
+/// Why the audit log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The file (or its directory) cannot be created or opened for appending.
+    #[error("control.audit_log {path}: cannot open for appending: {source}")]
+    Open {
+        /// The configured path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The append-only audit file; `disabled()` writes nothing (unit tests, tools).
+#[derive(Debug)]
+pub struct AuditLog {
+    file: Option<Mutex<File>>,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (creating, owner-only) the log for appending.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let err = |source| AuditError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(err)?;
+        Ok(AuditLog {
+            file: Some(Mutex::new(file)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A log that records nothing.
+    pub fn disabled() -> AuditLog {
+        AuditLog {
+            file: None,
+            path: PathBuf::new(),
+        }
+    }
+
+    /// Appends one line in a single `write` and syncs it. A failure is logged and counted
+    /// but does not undo the change, which is already live.
+    pub fn record(&self, entry: &Entry<'_>) {
+        let Some(file) = &self.file else { return };
+        let line = format_line(entry, SystemTime::now());
+        let mut f = file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {
+            metrics::counter!("sms_ingress_audit_write_errors_total").increment(1);
+            tracing::error!(path = %self.path.display(), error = %e, "audit line not written");
+        }
+    }
+}
+
+/// The JSON line (with its newline) for an entry at a given time.
+pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
+    let line = Line {
+        at: humantime::format_rfc3339_millis(at).to_string(),
+        source: entry.source,
+        org: entry.org,
+        token_id: entry.token_id,
+        action: entry.action,
+        target: entry.target,
+        result: entry.result,
+        code: entry.code,
+        reason: entry.reason.map(redact_quoted),
+        state_version: entry.state_version,
+    };
+    let mut text = serde_json::to_string(&line).expect("audit line serialises");
+    text.push('\n');
+    text
+}
+
+/// Blanks everything between double quotes or backticks: error messages quote the values
+/// they refused (serde's `invalid type: string "..."`), and a value may be a token.
+pub fn redact_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry<'a>() -> Entry<'a> {
+        Entry {
+            source: Source::Admin,
+            org: Some("org-a"),
+            token_id: Some("a-admin"),
+            action: "integration.update",
+            target: "int-1",
+            result: Outcome::Rejected,
+            code: Some("invalid_request"),
+            reason: Some(
+                r#"invalid JSON body: invalid type: string "tok-123", expected a boolean"#,
+            ),
+            state_version: 7,
+        }
+    }
+
+    #[test]
+    fn line_has_every_field_and_no_quoted_value() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let line = format_line(&entry(), at);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["source"], "admin");
+        assert_eq!(v["org"], "org-a");
+        assert_eq!(v["token_id"], "a-admin");
+        assert_eq!(v["action"], "integration.update");
+        assert_eq!(v["target"], "int-1");
+        assert_eq!(v["result"], "rejected");
+        assert_eq!(v["code"], "invalid_request");
+        assert_eq!(v["state_version"], 7);
+        assert!(!line.contains("tok-123"), "{line}");
+        assert!(v["reason"].as_str().unwrap().contains("invalid type"));
+    }
+
+    #[test]
+    fn accepted_file_line_omits_code_and_reason() {
+        let e = Entry {
+            source: Source::File,
+            org: None,
+            token_id: None,
+            action: "state.reload",
+            target: "state.json",
+            result: Outcome::Accepted,
+            code: None,
+            reason: None,
+            state_version: 3,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&format_line(&e, SystemTime::now())).unwrap();
+        assert_eq!(v["source"], "file");
+        assert_eq!(v["result"], "accepted");
+        assert!(v["org"].is_null() && v["token_id"].is_null());
+        assert!(v.get("code").is_none() && v.get("reason").is_none());
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_quoted("a \"b\" c `d` e"), "a \"…\" c `…` e");
+        assert_eq!(redact_quoted("unterminated \"secret"), "unterminated \"…");
+        assert_eq!(redact_quoted("plain"), "plain");
+    }
+
+    #[test]
+    fn appends_lines_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.log");
+        let log = AuditLog::open(&path).unwrap();
+        log.record(&entry());
+        drop(log);
+        AuditLog::open(&path).unwrap().record(&entry());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        AuditLog::disabled().record(&entry());
+    }
+}
