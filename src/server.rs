@@ -6,6 +6,7 @@ use crate::control::admin::{self, AdminApi};
 use crate::control::crypto::MasterKey;
 use crate::control::state::State;
 use crate::control::store::{ControlStore, Publisher};
+use crate::deadletter::DeadLetters;
 use crate::dispatch::{Dispatcher, SinkFactory};
 use crate::inventory::{Inventory, Snapshot};
 use crate::policy::Dedup;
@@ -64,6 +65,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(cfg.policy.dedup_window_secs),
         cfg.policy.dedup_max_entries,
     ));
+    let dead_letters = Arc::new(DeadLetters::new(&cfg, inventory.clone()));
     let webhook = Arc::new(Webhook::new(
         region.key,
         public_url.bases().to_vec(),
@@ -72,6 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         inventory.clone(),
         dispatcher.clone(),
         dedup.clone(),
+        dead_letters.clone(),
     ));
     let publish = publisher(
         inventory.clone(),
@@ -83,7 +86,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ControlStore::open(&cfg.control.state_file, key.clone(), publish)
             .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?,
     );
-    let admin_api = Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?);
+    let admin_api = Arc::new(AdminApi::new(
+        store,
+        &cfg.control.admin_tokens,
+        region,
+        dead_letters,
+    )?);
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
