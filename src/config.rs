@@ -370,6 +370,9 @@ impl Config {
         if self.sink.max_batch == 0 {
             return invalid("sink.max_batch", "must be at least 1");
         }
+        if self.dead_letters.max_per_integration == 0 {
+            return invalid("dead_letters.max_per_integration", "must be at least 1");
+        }
         if self.sink.segment_bytes < 4096 {
             return invalid("sink.segment_bytes", "must be at least 4096");
         }

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod control;
+pub mod deadletter;
 pub mod dispatch;
 pub mod envelope;
 pub mod fake_twilio;

@@ -7,6 +7,7 @@ use crate::control::audit::AuditLog;
 use crate::control::crypto::MasterKey;
 use crate::control::state::State;
 use crate::control::store::{ControlStore, Publisher};
+use crate::deadletter::DeadLetters;
 use crate::dispatch::{Dispatcher, SinkFactory};
 use crate::inventory::{Inventory, Snapshot};
 use crate::policy::Dedup;
@@ -65,6 +66,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Duration::from_secs(cfg.policy.dedup_window_secs),
         cfg.policy.dedup_max_entries,
     ));
+    let dead_letters = Arc::new(DeadLetters::new(&cfg, inventory.clone()));
     let webhook = Arc::new(Webhook::new(
         region.key,
         public_url.bases().to_vec(),
@@ -73,6 +75,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         inventory.clone(),
         dispatcher.clone(),
         dedup.clone(),
+        dead_letters.clone(),
     ));
     let publish = publisher(
         inventory.clone(),
@@ -86,8 +89,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .with_audit(AuditLog::open(&cfg.control.audit_log)?),
     );
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
-    let admin_api =
-        Arc::new(AdminApi::new(store, &cfg.control.admin_tokens, region)?.with_vendor(vendor));
+    let admin_api = Arc::new(
+        AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?.with_vendor(vendor),
+    );
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
     let _watcher = (cfg.control.watch_state_file)
         .then(|| crate::control::watch::spawn(admin_api.store().clone()))

@@ -1,7 +1,9 @@
 //! The webhook service: routes a request and runs SPEC section 2's checks in order —
 //! path, method, size, media type, form, inventory, signature, policy — then dispatches the
-//! envelope and answers 200 only once its queue's sink has made it durable.
+//! envelope and answers 200 only once its queue's sink (or, for a policy drop, its
+//! integration's dead-letter spool) has made it durable.
 
+use crate::deadletter::DeadLetters;
 use crate::dispatch::{Dispatcher, SubmitError};
 use crate::envelope::{Envelope, Kind};
 use crate::form::Form;
@@ -64,6 +66,11 @@ pub enum Outcome {
     Accepted(Bytes),
     Duplicate,
     Dropped(&'static str),
+    /// Dropped by policy after verification and kept as a dead letter (unless a retry of one kept already).
+    DeadLetter {
+        reason: &'static str,
+        duplicate: bool,
+    },
     Rejected(StatusCode, &'static str),
     Unavailable(&'static str),
 }
@@ -77,11 +84,14 @@ pub struct Webhook {
     inventory: Arc<Inventory>,
     dispatcher: Arc<Dispatcher>,
     dedup: Arc<Dedup>,
+    dead_letters: Arc<DeadLetters>,
     loaded: AtomicBool,
 }
 
 impl Webhook {
     /// Wires the pipeline; `url_bases` are `server.public_url`'s forms (see `signature::PublicUrl`).
+    // One argument per shared part of the pipeline, wired once in `server.rs`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         region_key: &'static str,
         url_bases: Vec<String>,
@@ -90,6 +100,7 @@ impl Webhook {
         inventory: Arc<Inventory>,
         dispatcher: Arc<Dispatcher>,
         dedup: Arc<Dedup>,
+        dead_letters: Arc<DeadLetters>,
     ) -> Webhook {
         Webhook {
             region_key,
@@ -99,6 +110,7 @@ impl Webhook {
             inventory,
             dispatcher,
             dedup,
+            dead_letters,
             loaded: AtomicBool::new(false),
         }
     }
@@ -127,8 +139,10 @@ impl Webhook {
         let route = Route::of(req.uri().path(), self.region_key);
         let response = match route {
             Route::Healthz => text(StatusCode::OK, "ok"),
-            Route::Readyz if self.ready() => text(StatusCode::OK, "ready"),
-            Route::Readyz => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            Route::Readyz => match self.unready() {
+                None => text(StatusCode::OK, "ready"),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            },
             Route::NotFound => self.respond(Outcome::Rejected(StatusCode::NOT_FOUND, "not_found")),
             Route::Webhook(kind) => {
                 let outcome = self.webhook(kind, req).await;
@@ -142,8 +156,18 @@ impl Webhook {
         Ok(response)
     }
 
-    fn ready(&self) -> bool {
-        self.loaded.load(Ordering::Acquire) && self.dispatcher.healthy()
+    /// Why `/readyz` is 503, if it is.
+    fn unready(&self) -> Option<&'static str> {
+        if !self.loaded.load(Ordering::Acquire) {
+            return Some("not ready: no inventory snapshot loaded");
+        }
+        if !self.dispatcher.healthy() {
+            return Some("not ready: a queue's sink failed its last batch");
+        }
+        if !self.dead_letters.healthy() {
+            return Some("not ready: a dead-letter spool failed its last batch");
+        }
+        None
     }
 
     /// Runs the checks of SPEC section 2 in order and returns what to answer.
@@ -203,20 +227,10 @@ impl Webhook {
         if account_sid != &*entry.integration.account_sid {
             return Outcome::Rejected(StatusCode::FORBIDDEN, "account_mismatch");
         }
-        if let Some(reason) = drop_reason(&entry) {
-            return Outcome::Dropped(reason);
-        }
         let message_status = match kind {
             Kind::Status => form.get("MessageStatus").map(str::to_owned),
             Kind::Inbound => None,
         };
-        let dedup_key = match &message_status {
-            Some(st) => format!("{message_sid}:{st}"),
-            None => message_sid.to_owned(),
-        };
-        if self.dedup.is_duplicate(&dedup_key) {
-            return Outcome::Duplicate;
-        }
         let compliance = match (kind, &entry.compliance) {
             (Kind::Inbound, Some(c)) => c.matches(form.get("Body").unwrap_or_default()),
             _ => None,
@@ -239,6 +253,13 @@ impl Webhook {
             signed_url: format!("{}{suffix}", self.url_bases[url_index]),
             body: body.clone(),
         };
+        if let Some(reason) = drop_reason(&entry) {
+            return self.dead_letter(reason, envelope).await;
+        }
+        let dedup_key = envelope.dedup_key();
+        if self.dedup.is_duplicate(&dedup_key) {
+            return Outcome::Duplicate;
+        }
         let acked = match entry.queue.try_submit(envelope) {
             Ok(rx) => rx,
             Err(SubmitError::Full) => return Outcome::Unavailable("queue_full"),
@@ -257,6 +278,26 @@ impl Webhook {
         }
     }
 
+    /// Keeps a policy-dropped envelope as a dead letter; 200 only once it (or an earlier copy) is durable.
+    async fn dead_letter(&self, reason: &'static str, envelope: Envelope) -> Outcome {
+        let dedup_key = envelope.dedup_key();
+        if self.dedup.is_duplicate(&dedup_key) {
+            return Outcome::DeadLetter {
+                reason,
+                duplicate: true,
+            };
+        }
+        if let Err(e) = self.dead_letters.store(envelope).await {
+            tracing::warn!(reason, error = %e, "dead letter not stored");
+            return Outcome::Unavailable(e.reason());
+        }
+        self.dedup.accepted(&dedup_key);
+        Outcome::DeadLetter {
+            reason,
+            duplicate: false,
+        }
+    }
+
     /// Turns an outcome into its response and counts its reason.
     fn respond(&self, outcome: Outcome) -> Response<Full<Bytes>> {
         match outcome {
@@ -268,6 +309,17 @@ impl Webhook {
             Outcome::Dropped(reason) => {
                 metrics::counter!("sms_ingress_dropped_total", "reason" => reason).increment(1);
                 tracing::debug!(reason, "webhook dropped");
+                twiml_response(Bytes::from_static(EMPTY_TWIML))
+            }
+            Outcome::DeadLetter { reason, duplicate } => {
+                metrics::counter!("sms_ingress_dropped_total", "reason" => reason).increment(1);
+                if duplicate {
+                    metrics::counter!("sms_ingress_duplicates_total").increment(1);
+                } else {
+                    metrics::counter!("sms_ingress_dead_letters_total", "reason" => reason)
+                        .increment(1);
+                }
+                tracing::debug!(reason, duplicate, "webhook dropped and dead-lettered");
                 twiml_response(Bytes::from_static(EMPTY_TWIML))
             }
             Outcome::Rejected(status, reason) => {

@@ -10,6 +10,7 @@ use sms_ingress::control::admin::{serve, AdminApi};
 use sms_ingress::control::crypto::MasterKey;
 use sms_ingress::control::state::State;
 use sms_ingress::control::store::{ControlStore, Publisher};
+use sms_ingress::deadletter::DeadLetters;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,13 @@ fn token(id: &str, org: &str, secret: &str, permissions: Vec<Permission>) -> Adm
         token_sha256: sha256_hex(secret),
         permissions,
     }
+}
+
+/// Dead letters under `dir`, routed through an empty inventory (this harness publishes no snapshot).
+fn dead_letters(dir: &std::path::Path) -> Arc<DeadLetters> {
+    let mut cfg = sms_ingress::config::Config::default();
+    cfg.dead_letters.dir = dir.join("dead-letters");
+    Arc::new(DeadLetters::new(&cfg, Arc::default()))
 }
 
 fn all_permissions() -> Vec<Permission> {
@@ -84,7 +92,9 @@ impl Harness {
             token("b-admin", "org-b", ADMIN_B, all_permissions()),
         ];
         let region = sms_ingress::regions::by_name("eu-west-1").unwrap();
-        let api = Arc::new(AdminApi::new(store.clone(), &tokens, region).unwrap());
+        let api = Arc::new(
+            AdminApi::new(store.clone(), &tokens, region, dead_letters(dir.path())).unwrap(),
+        );
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, api, async {
@@ -537,7 +547,7 @@ async fn malformed_requests_get_json_errors() {
             "integration_missing",
         ),
         (Method::POST, "/api/v1/integrations", Bytes::from(vec![b' '; 70 * 1024]), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        (Method::POST, "/api/v1/dead-letters/replay", Bytes::from("{}"), StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        (Method::POST, "/api/v1/dead-letters/replay", Bytes::from("{}"), StatusCode::BAD_REQUEST, "invalid_request"),
         (Method::DELETE, "/api/v1/numbers/%E0%A4", Bytes::new(), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
     for (method, path, body, want_status, want_code) in cases {
@@ -560,7 +570,13 @@ async fn handle_is_callable_without_a_socket() {
     let h = Harness::start().await;
     let tokens = vec![token("a", "org-a", ADMIN_A, all_permissions())];
     let region = sms_ingress::regions::by_name("us-east-1").unwrap();
-    let api = AdminApi::new(h.store.clone(), &tokens, region).unwrap();
+    let api = AdminApi::new(
+        h.store.clone(),
+        &tokens,
+        region,
+        dead_letters(h._dir.path()),
+    )
+    .unwrap();
     let req = Request::builder()
         .method(Method::GET)
         .uri("/api/v1/regions")
@@ -573,5 +589,61 @@ async fn handle_is_callable_without_a_socket() {
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["region"], "us-east-1");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letter_replay_checks_permission_org_and_status() {
+    let h = Harness::start().await;
+    let id = h.create_integration(ADMIN_A, "main").await;
+    let path = "/api/v1/dead-letters/replay";
+    let body = json!({"integration_id": id});
+
+    let (status, _) = h.call(Method::POST, path, VIEW_A, Some(body.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, v) = h
+        .call(Method::POST, path, ADMIN_B, Some(body.clone()))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, v) = h
+        .call(Method::POST, path, ADMIN_A, Some(json!({"id": id})))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+
+    let inactive = json!({"status": "inactive"});
+    let (status, _) = h
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/integrations/{id}"),
+            ADMIN_A,
+            Some(inactive),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = h
+        .call(Method::POST, path, ADMIN_A, Some(body.clone()))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("integration_inactive"))
+    );
+
+    let active = json!({"status": "active"});
+    h.call(
+        Method::PATCH,
+        &format!("/api/v1/integrations/{id}"),
+        ADMIN_A,
+        Some(active),
+    )
+    .await;
+    let (status, v) = h.call(Method::POST, path, ADMIN_A, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"replayed": 0, "skipped": 0, "remaining": 0}));
     h.stop().await;
 }

@@ -9,6 +9,7 @@ use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, 
 use super::store::ControlStore;
 use super::vendor::{ImportVendorError, TwilioClient, VendorError};
 use crate::config::{AdminToken, Permission};
+use crate::deadletter::{DeadLetterError, DeadLetters};
 use crate::regions::{Region, REGIONS};
 use crate::signature::constant_time_eq;
 use bytes::Bytes;
@@ -146,6 +147,7 @@ pub struct AdminApi {
     tokens: Vec<TokenEntry>,
     region: &'static Region,
     vendor: Option<Arc<TwilioClient>>,
+    dead_letters: Arc<DeadLetters>,
 }
 
 /// One operation of the contract, resolved from method and path.
@@ -301,6 +303,7 @@ impl AdminApi {
         store: Arc<ControlStore>,
         tokens: &[AdminToken],
         region: &'static Region,
+        dead_letters: Arc<DeadLetters>,
     ) -> Result<Self, AdminError> {
         let tokens = tokens
             .iter()
@@ -327,6 +330,7 @@ impl AdminApi {
             tokens,
             region,
             vendor: None,
+            dead_letters,
         })
     }
 
@@ -398,6 +402,9 @@ impl AdminApi {
         } else {
             Bytes::new()
         };
+        if matches!(op, Op::ReplayDeadLetters) {
+            return self.replay_dead_letters(&who, &body).await;
+        }
         let store = Arc::clone(&self.store);
         let region = self.region;
         let vendor = self.vendor.clone();
@@ -416,6 +423,53 @@ impl AdminApi {
         })
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("the request handler failed")))
+    }
+}
+
+/// `POST /api/v1/dead-letters/replay`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    integration_id: String,
+}
+
+impl AdminApi {
+    /// Replays an active own-org integration's dead letters; async, as it awaits the queues' acks.
+    async fn replay_dead_letters(&self, who: &Principal, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: ReplayRequest = parse(body)?;
+        let id = req.integration_id;
+        let state = self.store.snapshot();
+        let integration = state
+            .integrations
+            .iter()
+            .find(|i| i.id == id && i.org == who.org)
+            .ok_or_else(|| ApiError::not_found("integration"))?;
+        if integration.status != IntegrationStatus::Active {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "integration_inactive",
+                "re-activate the integration before replaying its dead letters",
+            ));
+        }
+        let result = self.dead_letters.replay(&id).await.map_err(replay_error);
+        let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
+        tracing::info!(org = %who.org, token_id = %who.token_id, action = "dead_letters.replay", target = %id, result = outcome, report = ?result.as_ref().ok(), "admin change");
+        Ok((StatusCode::OK, Some(json!(result?))))
+    }
+}
+
+/// A failed replay: progress so far is kept, so the caller may simply call again.
+fn replay_error(e: DeadLetterError) -> ApiError {
+    match e {
+        DeadLetterError::Interrupted { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replay_interrupted",
+            e.to_string(),
+        ),
+        e => {
+            tracing::error!(error = %e, "dead-letter replay failed");
+            ApiError::internal("the dead letters could not be replayed; see the log")
+        }
     }
 }
 
@@ -581,10 +635,8 @@ impl Ctx<'_> {
             Op::GetIntegration(id) => self.get_integration(&id),
             Op::ListNumbers => self.list_numbers(query),
             Op::Regions => Ok(self.regions()),
-            Op::ReplayDeadLetters => Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                "dead-letter replay is not available yet",
+            Op::ReplayDeadLetters => Err(ApiError::internal(
+                "dead-letter replay is served on the async path",
             )),
             Op::CreateIntegration => self.audited("integration.create", "-", || {
                 self.vendor_check_create(body)?;

@@ -450,6 +450,11 @@ impl SpoolReader {
         self.seg = None;
     }
 
+    /// Where the next record starts: right after the last one returned (its end offset).
+    pub fn position(&self) -> u64 {
+        self.offset
+    }
+
     /// The next record and its offset, or `None` at the current end (call again later).
     pub fn next_record(&mut self) -> Result<Option<(u64, Envelope)>, SpoolError> {
         loop {

@@ -34,6 +34,8 @@ pub struct TestServer {
 pub struct Options {
     pub queue_capacity: usize,
     pub max_batch: usize,
+    /// `dead_letters.max_per_integration`.
+    pub dead_letter_max: u64,
     pub extra: String,
     /// Base URL of a fake Twilio (`http://127.0.0.1:PORT`): turns `control.vendor_checks`
     /// on against it (`…/v1` for Messaging). `None` keeps vendor checks off.
@@ -47,6 +49,7 @@ impl Default for Options {
         Options {
             queue_capacity: 4096,
             max_batch: 1024,
+            dead_letter_max: 100_000,
             extra: String::new(),
             twilio_base: None,
             control_extra: String::new(),
@@ -112,6 +115,10 @@ kind = "spool"
 dir = "{d}/spool"
 max_batch = {mb}
 
+[dead_letters]
+dir = "{d}/dead-letters"
+max_per_integration = {dlm}
+
 [queues]
 capacity = {cap}
 
@@ -125,6 +132,7 @@ level = "debug"
         hb = sha256_hex(OTHER_ORG_TOKEN),
         mb = opts.max_batch,
         cap = opts.queue_capacity,
+        dlm = opts.dead_letter_max,
         extra = opts.extra,
         vendor = vendor_toml(opts),
         control_extra = opts.control_extra,
@@ -293,9 +301,19 @@ impl TestServer {
 
     /// Records of a queue, through the CLI an operator would use.
     pub fn spool_tail(&self, queue: &str) -> Vec<serde_json::Value> {
+        self.tail(&["--queue", queue, "--config", self.config.to_str().unwrap()])
+    }
+
+    /// Dead letters of an integration, through the same CLI pointed at `dead_letters.dir`.
+    pub fn dead_letter_tail(&self, integration_id: &str) -> Vec<serde_json::Value> {
+        let dir = self.dir.join("dead-letters");
+        self.tail(&["--dir", dir.to_str().unwrap(), "--queue", integration_id])
+    }
+
+    fn tail(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let out = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-            .args(["spool", "tail", "--queue", queue, "--config"])
-            .arg(&self.config)
+            .args(["spool", "tail"])
+            .args(args)
             .output()
             .unwrap();
         assert!(
