@@ -121,11 +121,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(c) => {
             let cfg = Config::load(&c.config)?;
-            sms_ingress::telemetry::init_logs(&cfg.log);
+            let log_reload = sms_ingress::telemetry::init_logs(&cfg.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(sms_ingress::server::run(cfg))?;
+            runtime.block_on(sms_ingress::server::run(cfg, c.config, log_reload))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(c) => {

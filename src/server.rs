@@ -14,8 +14,10 @@ use crate::policy::Dedup;
 use crate::signature::PublicUrl;
 use crate::sink::spool::SpoolWriter;
 use crate::sink::{QueueSink, SinkError};
+use crate::telemetry::LogReload;
 use crate::webhook::Webhook;
 use anyhow::Context;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +52,8 @@ fn publisher(
     })
 }
 
-/// Runs the service until SIGINT/SIGTERM.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
+pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> anyhow::Result<()> {
     let prometheus = crate::telemetry::install_recorder()?;
     let key = Arc::new(MasterKey::load(cfg.control.master_key_file.as_deref())?);
     let region = cfg.region();
@@ -127,7 +129,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     tokio::spawn(admin::serve(
         admin_listener,
-        admin_api,
+        admin_api.clone(),
         std::future::pending(),
     ));
     tokio::spawn(sweep_dedup(
@@ -143,6 +145,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         numbers = inventory.load().len(),
         "sms-ingress serving"
     );
+    tokio::spawn(reload_on_sighup(Reload {
+        path: config_path,
+        running: cfg.clone(),
+        log: log_reload,
+        admin: admin_api.clone(),
+    }));
     let (drain_signal, drain) = crate::listener::drain_channel();
     let limits = cfg.limits.clone();
     tokio::spawn(crate::listener::serve(
@@ -169,6 +177,90 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What SIGHUP needs: the file, the running config, and the parts that can change live.
+struct Reload {
+    path: PathBuf,
+    running: Config,
+    log: LogReload,
+    admin: Arc<AdminApi>,
+}
+
+/// On SIGHUP: re-read the config; apply log level and admin tokens, re-read the state file,
+/// and name every other changed section, which needs a restart. A bad file changes nothing.
+async fn reload_on_sighup(mut r: Reload) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; config reload disabled");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&r.path) {
+            Ok(new) => apply_reload(&mut r, new),
+            Err(e) => {
+                metrics::counter!("sms_ingress_config_reloads_total", "result" => "rejected")
+                    .increment(1);
+                tracing::warn!(error = %e, "SIGHUP: config rejected; the running config stays");
+            }
+        }
+    }
+}
+
+fn apply_reload(r: &mut Reload, new: Config) {
+    if let Err(e) = r.admin.set_tokens(&new.control.admin_tokens) {
+        metrics::counter!("sms_ingress_config_reloads_total", "result" => "rejected").increment(1);
+        tracing::warn!(error = %e, "SIGHUP: admin tokens rejected; the running config stays");
+        return;
+    }
+    if new.log.level != r.running.log.level {
+        if let Err(e) = (r.log)(&new.log.level) {
+            tracing::warn!(error = %e, "SIGHUP: log.level not applied");
+        }
+    }
+    if let Some(Err(e)) = r.admin.store().sync_with_file() {
+        tracing::warn!(error = %e, "SIGHUP: state file not reloaded");
+    }
+    let restart_needed: Vec<&str> = [
+        (
+            "server",
+            format!("{:?}", new.server) != format!("{:?}", r.running.server),
+        ),
+        (
+            "metrics",
+            format!("{:?}", new.metrics) != format!("{:?}", r.running.metrics),
+        ),
+        (
+            "sink",
+            format!("{:?}", new.sink) != format!("{:?}", r.running.sink),
+        ),
+        (
+            "queues",
+            format!("{:?}", new.queues) != format!("{:?}", r.running.queues),
+        ),
+        (
+            "limits",
+            format!("{:?}", new.limits) != format!("{:?}", r.running.limits),
+        ),
+        (
+            "policy",
+            format!("{:?}", new.policy) != format!("{:?}", r.running.policy),
+        ),
+        (
+            "dead_letters",
+            format!("{:?}", new.dead_letters) != format!("{:?}", r.running.dead_letters),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    metrics::counter!("sms_ingress_config_reloads_total", "result" => "accepted").increment(1);
+    tracing::info!(
+        admin_tokens = new.control.admin_tokens.len(),
+        log_level = %new.log.level,
+        restart_needed = ?restart_needed,
+        "SIGHUP: config reloaded (admin tokens, log level, state file)"
+    );
+    r.running = new;
 }
 
 /// Binds the admin socket (owner-only), replacing a stale socket file from an earlier run.

@@ -141,15 +141,30 @@ pub async fn serve_metrics(
     }
 }
 
-/// Starts structured logging; `RUST_LOG` overrides `log.level`.
-pub fn init_logs(cfg: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Changes the log filter of the running process (SIGHUP reload).
+pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Starts structured logging; `RUST_LOG` overrides `log.level`. Returns how to change the level later.
+pub fn init_logs(cfg: &LogConfig) -> LogReload {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let base = fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+    let output = match cfg.format {
+        LogFormat::Json => base.json().flatten_event(true).boxed(),
+        LogFormat::Text => base.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init();
+    Box::new(move |level| {
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

@@ -144,7 +144,7 @@ pub struct Principal {
 /// The admin API: configured tokens, the store, and the region whose webhook URL it shows.
 pub struct AdminApi {
     store: Arc<ControlStore>,
-    tokens: Vec<TokenEntry>,
+    tokens: arc_swap::ArcSwap<Vec<TokenEntry>>,
     region: &'static Region,
     vendor: Option<Arc<TwilioClient>>,
     dead_letters: Arc<DeadLetters>,
@@ -294,6 +294,30 @@ fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     resp
 }
 
+/// Hashes and principals of the configured tokens.
+fn token_entries(tokens: &[AdminToken]) -> Result<Vec<TokenEntry>, AdminError> {
+    tokens
+        .iter()
+        .map(|t| {
+            let hash: [u8; 32] = hex::decode(&t.token_sha256)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| AdminError::BadTokenHash { org: t.org.clone() })?;
+            let token_id =
+                t.id.clone()
+                    .unwrap_or_else(|| t.token_sha256[..8].to_ascii_lowercase());
+            Ok(TokenEntry {
+                hash,
+                principal: Principal {
+                    token_id,
+                    org: t.org.clone(),
+                    permissions: t.permissions.iter().copied().collect(),
+                },
+            })
+        })
+        .collect()
+}
+
 /// What a successful operation answers: a status and, unless 204, a JSON body.
 type Reply = (StatusCode, Option<Value>);
 
@@ -305,26 +329,7 @@ impl AdminApi {
         region: &'static Region,
         dead_letters: Arc<DeadLetters>,
     ) -> Result<Self, AdminError> {
-        let tokens = tokens
-            .iter()
-            .map(|t| {
-                let hash: [u8; 32] = hex::decode(&t.token_sha256)
-                    .ok()
-                    .and_then(|v| v.try_into().ok())
-                    .ok_or_else(|| AdminError::BadTokenHash { org: t.org.clone() })?;
-                let token_id =
-                    t.id.clone()
-                        .unwrap_or_else(|| t.token_sha256[..8].to_ascii_lowercase());
-                Ok(TokenEntry {
-                    hash,
-                    principal: Principal {
-                        token_id,
-                        org: t.org.clone(),
-                        permissions: t.permissions.iter().copied().collect(),
-                    },
-                })
-            })
-            .collect::<Result<_, AdminError>>()?;
+        let tokens = arc_swap::ArcSwap::from_pointee(token_entries(tokens)?);
         Ok(AdminApi {
             store,
             tokens,
@@ -340,13 +345,19 @@ impl AdminApi {
         self
     }
 
+    /// Replaces the admin tokens (SIGHUP reload); on a bad hash the old tokens stay.
+    pub fn set_tokens(&self, tokens: &[AdminToken]) -> Result<(), AdminError> {
+        self.tokens.store(Arc::new(token_entries(tokens)?));
+        Ok(())
+    }
+
     /// The store behind the API.
     pub fn store(&self) -> &Arc<ControlStore> {
         &self.store
     }
 
     /// Finds the caller by the SHA-256 of the bearer token, comparing in constant time.
-    pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Option<&Principal> {
+    pub fn authenticate(&self, authorization: Option<&HeaderValue>) -> Option<Principal> {
         let value = authorization?.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
         let token = token.trim();
@@ -355,10 +366,10 @@ impl AdminApi {
         }
         let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         let mut found = None;
-        for entry in &self.tokens {
+        for entry in self.tokens.load().iter() {
             let same = constant_time_eq(&entry.hash, digest.as_ref());
             if same && found.is_none() {
-                found = Some(&entry.principal);
+                found = Some(entry.principal.clone());
             }
         }
         found
@@ -388,7 +399,6 @@ impl AdminApi {
     {
         let who = self
             .authenticate(req.headers().get(AUTHORIZATION))
-            .cloned()
             .ok_or_else(ApiError::unauthorized)?;
         let op = route(req.method(), req.uri().path())?;
         if let Some(p) = op.permission() {
