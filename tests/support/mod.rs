@@ -35,6 +35,8 @@ pub struct Options {
     pub queue_capacity: usize,
     pub max_batch: usize,
     pub extra: String,
+    /// Replaces the generated `[sink]` section (spool under the temp dir) when set.
+    pub sink_toml: Option<String>,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             queue_capacity: 4096,
             max_batch: 1024,
             extra: String::new(),
+            sink_toml: None,
         }
     }
 }
@@ -59,6 +62,12 @@ pub fn sha256_hex(s: &str) -> String {
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let key = sms_ingress::control::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
+    let spool_sink = format!(
+        "[sink]\nkind = \"spool\"\ndir = \"{d}/spool\"\nmax_batch = {mb}\n",
+        d = dir.display(),
+        mb = opts.max_batch,
+    );
+    let sink = opts.sink_toml.clone().unwrap_or(spool_sink);
     let cfg = format!(
         r#"
 [server]
@@ -88,10 +97,7 @@ org = "org-b"
 token_sha256 = "{hb}"
 permissions = {ALL_PERMS}
 
-[sink]
-kind = "spool"
-dir = "{d}/spool"
-max_batch = {mb}
+{sink}
 
 [queues]
 capacity = {cap}
@@ -104,7 +110,6 @@ level = "debug"
         d = dir.display(),
         ha = sha256_hex(ADMIN_TOKEN),
         hb = sha256_hex(OTHER_ORG_TOKEN),
-        mb = opts.max_batch,
         cap = opts.queue_capacity,
         extra = opts.extra,
     );
