@@ -144,6 +144,8 @@ pub struct SinkConfig {
     pub segment_bytes: u64,
     /// Most envelopes made durable by one fdatasync.
     pub max_batch: usize,
+    /// The JetStream sink, used when `kind = "nats"`.
+    pub nats: NatsConfig,
 }
 
 /// Sink implementations.
@@ -151,6 +153,8 @@ pub struct SinkConfig {
 #[serde(rename_all = "snake_case")]
 pub enum SinkKind {
     Spool,
+    /// JetStream, shared by a fleet of instances.
+    Nats,
 }
 
 impl Default for SinkConfig {
@@ -160,7 +164,95 @@ impl Default for SinkConfig {
             dir: "data/spool".into(),
             segment_bytes: 64 * 1024 * 1024,
             max_batch: 1024,
+            nats: NatsConfig::default(),
         }
+    }
+}
+
+/// `[sink.nats]`: the JetStream stream every instance of a fleet publishes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs; the client picks one and reconnects to any of them.
+    pub servers: Vec<String>,
+    /// JetStream stream name; created at start if missing, else checked.
+    pub stream: String,
+    /// Subjects of the stream when it is created; they must cover `sms.>`.
+    pub subjects: Vec<String>,
+    /// Replicas of a created stream (1, or 3/5 in a cluster); an existing one needs at least this many.
+    pub replicas: usize,
+    /// Seconds a message is kept in a created stream; 0 keeps it until other limits apply.
+    pub max_age_secs: u64,
+    /// Seconds JetStream drops a repeated `Nats-Msg-Id` (the fleet-wide retry dedup).
+    pub duplicate_window_secs: u64,
+    /// Milliseconds a batch may wait for all its publish acks before it answers 503.
+    pub publish_timeout_ms: u64,
+    /// Milliseconds allowed for the connection at start.
+    pub connect_timeout_ms: u64,
+    /// NATS `.creds` file (user JWT and nkey seed); unset connects without credentials.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            stream: "SMS".into(),
+            subjects: vec!["sms.>".into()],
+            replicas: 1,
+            max_age_secs: 7 * 24 * 3600,
+            duplicate_window_secs: 600,
+            publish_timeout_ms: 5000,
+            connect_timeout_ms: 5000,
+            credentials_file: None,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The first key that cannot work, with the fix; checked only when the sink is `nats`.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        use crate::sink::nats::{subjects_cover, valid_stream_name, SUBJECT_ROOT};
+        if self.servers.is_empty() || self.servers.iter().any(|s| s.trim().is_empty()) {
+            return Some((
+                "sink.nats.servers",
+                "list at least one URL such as \"nats://127.0.0.1:4222\"".into(),
+            ));
+        }
+        if !valid_stream_name(&self.stream) {
+            return Some((
+                "sink.nats.stream",
+                "must be 1-255 characters without spaces, '.', '*', '>', '/' or '\\'".into(),
+            ));
+        }
+        if !subjects_cover(&self.subjects, SUBJECT_ROOT) {
+            return Some((
+                "sink.nats.subjects",
+                format!("must cover {SUBJECT_ROOT:?}, where envelopes are published"),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Some(("sink.nats.replicas", "must be between 1 and 5".into()));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Some((
+                "sink.nats.duplicate_window_secs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.max_age_secs != 0 && self.duplicate_window_secs > self.max_age_secs {
+            return Some((
+                "sink.nats.duplicate_window_secs",
+                "must not exceed sink.nats.max_age_secs".into(),
+            ));
+        }
+        if self.publish_timeout_ms == 0 {
+            return Some(("sink.nats.publish_timeout_ms", "must be at least 1".into()));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Some(("sink.nats.connect_timeout_ms", "must be at least 1".into()));
+        }
+        None
     }
 }
 
@@ -375,6 +467,11 @@ impl Config {
         }
         if self.sink.segment_bytes < 4096 {
             return invalid("sink.segment_bytes", "must be at least 4096");
+        }
+        if self.sink.kind == SinkKind::Nats {
+            if let Some((key, problem)) = self.sink.nats.problem() {
+                return invalid(key, &problem);
+            }
         }
         for t in &self.control.admin_tokens {
             let ok =

@@ -69,10 +69,14 @@ impl QueueHandle {
 /// Opens the sink of a queue by name; the spool opens (and recovers) its log here.
 pub type SinkFactory = Box<dyn Fn(&str) -> Result<Box<dyn QueueSink>, SinkError> + Send + Sync>;
 
+/// Tells whether the sink can take a batch right now (a NATS connection), so `/readyz` sees an outage before a webhook fails.
+pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
 pub struct Dispatcher {
     queues: Mutex<HashMap<String, Arc<QueueHandle>>>,
     factory: SinkFactory,
+    probe: Option<SinkProbe>,
     capacity: usize,
     max_batch: usize,
 }
@@ -83,9 +87,16 @@ impl Dispatcher {
         Dispatcher {
             queues: Mutex::new(HashMap::new()),
             factory,
+            probe: None,
             capacity,
             max_batch,
         }
+    }
+
+    /// Adds a sink-wide readiness check to `healthy`, for sinks whose outage is visible without a batch.
+    pub fn with_probe(mut self, probe: SinkProbe) -> Dispatcher {
+        self.probe = Some(probe);
+        self
     }
 
     /// The queue's handle, starting its sink and worker on first use (control plane only).
@@ -117,8 +128,13 @@ impl Dispatcher {
         Ok(handle)
     }
 
-    /// True when every queue's sink took its last batch (for `/readyz`).
+    /// True when the sink probe (if any) passes and every queue's sink took its last batch (for `/readyz`).
     pub fn healthy(&self) -> bool {
+        if let Some(probe) = &self.probe {
+            if !probe() {
+                return false;
+            }
+        }
         self.queues
             .lock()
             .expect("dispatcher lock")

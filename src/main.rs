@@ -45,6 +45,11 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Read a queue from the NATS sink's JetStream stream.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
     /// Compute or check X-Twilio-Signature values by hand.
     Signature {
         #[command(subcommand)]
@@ -70,6 +75,24 @@ enum SpoolCommand {
         /// Spool directory; defaults to the config's sink.dir.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NatsCommand {
+    /// Print a queue's envelopes from the stream as NDJSON, like `spool tail` (`offset` is the stream sequence).
+    Tail {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue name.
+        #[arg(long)]
+        queue: String,
+        /// Keep waiting for new envelopes.
+        #[arg(long)]
+        follow: bool,
+        /// Stream sequence of the first envelope to print (a previous line's `offset` + 1).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
     },
 }
 
@@ -153,6 +176,29 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let mut out = std::io::stdout().lock();
             sms_ingress::sink::spool::tail(&dir, &queue, from, follow, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nats {
+            command:
+                NatsCommand::Tail {
+                    config,
+                    queue,
+                    follow,
+                    from,
+                },
+        } => {
+            let cfg = Config::load(&config.config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let mut out = std::io::stdout().lock();
+            runtime.block_on(sms_ingress::sink::nats::tail(
+                &cfg.sink.nats,
+                &queue,
+                from,
+                follow,
+                &mut out,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Signature { command } => signature_tool(command),

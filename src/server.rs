@@ -8,10 +8,11 @@ use crate::control::crypto::MasterKey;
 use crate::control::state::State;
 use crate::control::store::{ControlStore, Publisher};
 use crate::deadletter::DeadLetters;
-use crate::dispatch::{Dispatcher, SinkFactory};
+use crate::dispatch::{Dispatcher, SinkFactory, SinkProbe};
 use crate::inventory::{Inventory, Snapshot};
 use crate::policy::Dedup;
 use crate::signature::PublicUrl;
+use crate::sink::nats::NatsConnection;
 use crate::sink::spool::SpoolWriter;
 use crate::sink::{QueueSink, SinkError};
 use crate::telemetry::LogReload;
@@ -22,15 +23,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Opens each queue's spool log (recovering a torn tail) the first time a snapshot routes to it.
-fn sink_factory(cfg: &Config) -> SinkFactory {
+fn spool_factory(cfg: &Config) -> SinkFactory {
+    let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
+    Box::new(move |queue: &str| {
+        let writer = SpoolWriter::open(&dir, queue, segment_bytes)
+            .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?;
+        Ok(Box::new(writer) as Box<dyn QueueSink>)
+    })
+}
+
+/// The configured sink: its per-queue factory, and a readiness probe for sinks reached over the network.
+async fn sink_factory(cfg: &Config) -> anyhow::Result<(SinkFactory, Option<SinkProbe>)> {
     match cfg.sink.kind {
-        SinkKind::Spool => {
-            let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
-            Box::new(move |queue: &str| {
-                let writer = SpoolWriter::open(&dir, queue, segment_bytes)
-                    .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?;
-                Ok(Box::new(writer) as Box<dyn QueueSink>)
-            })
+        SinkKind::Spool => Ok((spool_factory(cfg), None)),
+        SinkKind::Nats => {
+            let conn = NatsConnection::connect(&cfg.sink.nats).await?;
+            conn.ensure_stream(&cfg.sink.nats).await?;
+            let probe_conn = conn.clone();
+            let probe: SinkProbe = Arc::new(move || probe_conn.is_connected());
+            let factory: SinkFactory = Box::new(move |queue: &str| {
+                Ok(Box::new(conn.queue_sink(queue)) as Box<dyn QueueSink>)
+            });
+            Ok((factory, Some(probe)))
         }
     }
 }
@@ -59,11 +73,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let region = cfg.region();
     let public_url = PublicUrl::parse(&cfg.server.public_url).context("server.public_url")?;
     let inventory = Arc::new(Inventory::default());
-    let dispatcher = Arc::new(Dispatcher::new(
-        sink_factory(&cfg),
-        cfg.queues.capacity,
-        cfg.sink.max_batch,
-    ));
+    let (factory, probe) = sink_factory(&cfg).await?;
+    let mut dispatcher = Dispatcher::new(factory, cfg.queues.capacity, cfg.sink.max_batch);
+    if let Some(probe) = probe {
+        dispatcher = dispatcher.with_probe(probe);
+    }
+    let dispatcher = Arc::new(dispatcher);
     let dedup = Arc::new(Dedup::new(
         Duration::from_secs(cfg.policy.dedup_window_secs),
         cfg.policy.dedup_max_entries,
@@ -317,13 +332,20 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
     if let (Some(cert), Some(tls_key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
         crate::listener::tls_acceptor(cert, tls_key)?;
     }
+    let sink = match cfg.sink.kind {
+        SinkKind::Spool => format!("spool sink at {}", cfg.sink.dir.display()),
+        SinkKind::Nats => format!(
+            "nats sink, stream {} at {} (not contacted by check-config)",
+            cfg.sink.nats.stream,
+            cfg.sink.nats.servers.join(",")
+        ),
+    };
     Ok(format!(
-        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, spool sink at {}",
+        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, {sink}",
         cfg.region().name,
         cfg.region().webhook_url(),
         state.integrations.len(),
         state.numbers.len(),
         cfg.control.admin_tokens.len(),
-        cfg.sink.dir.display()
     ))
 }

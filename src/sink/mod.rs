@@ -1,6 +1,7 @@
 //! Sinks: where a queue's envelopes become durable. A sink worker hands each batch to
 //! one `QueueSink`, and a request is acknowledged only after `write_batch` returned `Ok`.
 
+pub mod nats;
 pub mod spool;
 
 use crate::envelope::Envelope;

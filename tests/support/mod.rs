@@ -42,6 +42,8 @@ pub struct Options {
     pub twilio_base: Option<String>,
     /// Raw TOML placed right after the `[control]` header.
     pub control_extra: String,
+    /// Replaces the generated `[sink]` section (spool under the temp dir) when set.
+    pub sink_toml: Option<String>,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             extra: String::new(),
             twilio_base: None,
             control_extra: String::new(),
+            sink_toml: None,
         }
     }
 }
@@ -79,6 +82,12 @@ fn vendor_toml(opts: &Options) -> String {
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let key = sms_ingress::control::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
+    let spool_sink = format!(
+        "[sink]\nkind = \"spool\"\ndir = \"{d}/spool\"\nmax_batch = {mb}\n",
+        d = dir.display(),
+        mb = opts.max_batch,
+    );
+    let sink = opts.sink_toml.clone().unwrap_or(spool_sink);
     let cfg = format!(
         r#"
 [server]
@@ -110,10 +119,7 @@ org = "org-b"
 token_sha256 = "{hb}"
 permissions = {ALL_PERMS}
 
-[sink]
-kind = "spool"
-dir = "{d}/spool"
-max_batch = {mb}
+{sink}
 
 [dead_letters]
 dir = "{d}/dead-letters"
@@ -130,7 +136,6 @@ level = "debug"
         d = dir.display(),
         ha = sha256_hex(ADMIN_TOKEN),
         hb = sha256_hex(OTHER_ORG_TOKEN),
-        mb = opts.max_batch,
         cap = opts.queue_capacity,
         dlm = opts.dead_letter_max,
         extra = opts.extra,

@@ -1,0 +1,551 @@
+//! The NATS sink: the fleet's alternative to the spool, and the last step of the request
+//! path when `sink.kind = "nats"`. A queue's worker publishes its batch to JetStream on
+//! `sms.{kind}.{queue}` with every publish in flight at once, then waits for every
+//! publish ack; only then are the webhooks acknowledged. `Nats-Msg-Id` carries the
+//! envelope's dedup key, so a Twilio retry that lands on another instance of the fleet is
+//! stored once (within the stream's duplicate window). `nats tail` reads a queue back as
+//! the same NDJSON as `spool tail`.
+//!
+//! The worker is an OS thread, not a runtime thread: it drives the publishes with
+//! `Handle::block_on` on the server's runtime, where the client's connection task runs.
+
+use crate::config::NatsConfig;
+use crate::envelope::{DecodeError, Envelope, Kind};
+use crate::sink::{QueueSink, SinkError};
+use async_nats::connection::State;
+use async_nats::jetstream::{self, context::PublishError, stream};
+use async_nats::Subject;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+
+/// Every subject this service publishes to lies under it; the stream must cover it.
+pub const SUBJECT_ROOT: &str = "sms.>";
+/// Header naming the envelope's org, for consumers that route without decoding.
+pub const HEADER_ORG: &str = "Sms-Org";
+/// Header naming the envelope's queue.
+pub const HEADER_QUEUE: &str = "Sms-Queue";
+/// Header naming the envelope's kind (`inbound` or `status`).
+pub const HEADER_KIND: &str = "Sms-Kind";
+/// Header naming the integration the webhook was verified with.
+pub const HEADER_INTEGRATION: &str = "Sms-Integration";
+
+/// Why the NATS sink could not start, store or read; each variant says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("sink.nats.credentials_file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {servers} (sink.nats.servers): {source}")]
+    Connect {
+        servers: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("sink.nats.servers: {0:?} is not a NATS server address")]
+    BadServer(String),
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+    #[error("JetStream stream {stream} exists but cannot be used: {problem}; fix the stream (nats stream edit/info) or set sink.nats.stream to another name")]
+    Incompatible { stream: String, problem: String },
+    #[error("NATS connection is down; nothing published")]
+    Disconnected,
+    #[error("publish to {subject} failed: {source}")]
+    Publish {
+        subject: Subject,
+        #[source]
+        source: PublishError,
+    },
+    #[error("publish ack came from stream {got:?}, expected {expected:?}")]
+    WrongStream { got: String, expected: String },
+    #[error(
+        "publish acks of the batch did not all arrive within {0:?} (sink.nats.publish_timeout_ms)"
+    )]
+    Timeout(Duration),
+    #[error("reading stream {stream}: {detail}")]
+    Read { stream: String, detail: String },
+    #[error("message {sequence} of stream {stream} is not an envelope: {source}")]
+    Decode {
+        stream: String,
+        sequence: u64,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("writing tail output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl From<NatsError> for SinkError {
+    fn from(e: NatsError) -> SinkError {
+        SinkError::Unavailable(e.to_string())
+    }
+}
+
+/// Whether `pattern` matches every subject that `subject` (which may hold wildcards) matches.
+pub fn subject_covers(pattern: &str, subject: &str) -> bool {
+    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some(_), Some(">")) => return false,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether any of the stream's subjects covers `subject`.
+pub fn subjects_cover(patterns: &[String], subject: &str) -> bool {
+    patterns.iter().any(|p| subject_covers(p, subject))
+}
+
+/// JetStream's rule for stream names (they become tokens of API subjects).
+pub fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+}
+
+/// The subject of a queue's envelopes of one kind.
+pub fn subject(kind: Kind, queue: &str) -> String {
+    format!("sms.{}.{queue}", kind.as_str())
+}
+
+/// `Nats-Msg-Id` of an envelope: the kind keeps inbound and status keys apart.
+pub fn message_id(env: &Envelope) -> String {
+    format!("{}:{}", env.kind.as_str(), env.dedup_key())
+}
+
+/// What a stream created by this service looks like.
+pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
+    stream::Config {
+        name: cfg.stream.clone(),
+        subjects: cfg.subjects.clone(),
+        num_replicas: cfg.replicas,
+        max_age: Duration::from_secs(cfg.max_age_secs),
+        duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        description: Some("sms-ingress envelopes (sms.{kind}.{queue})".into()),
+        ..Default::default()
+    }
+}
+
+/// Why an existing stream cannot hold acknowledged envelopes as configured, if it cannot.
+pub fn incompatibility(existing: &stream::Config, cfg: &NatsConfig) -> Option<String> {
+    let want_window = Duration::from_secs(cfg.duplicate_window_secs);
+    if !subjects_cover(&existing.subjects, SUBJECT_ROOT) {
+        return Some(format!(
+            "its subjects {:?} do not cover {SUBJECT_ROOT:?}",
+            existing.subjects
+        ));
+    }
+    if existing.mirror.is_some() {
+        return Some("it is a mirror, which takes no publishes".into());
+    }
+    if existing.sealed {
+        return Some("it is sealed".into());
+    }
+    if existing.no_ack {
+        return Some("no_ack is set, so publishes are never acknowledged".into());
+    }
+    if existing.storage != stream::StorageType::File {
+        return Some("memory storage does not survive a restart of nats-server".into());
+    }
+    if existing.num_replicas < cfg.replicas {
+        return Some(format!(
+            "{} replicas, fewer than sink.nats.replicas = {}",
+            existing.num_replicas, cfg.replicas
+        ));
+    }
+    if existing.duplicate_window < want_window {
+        return Some(format!(
+            "duplicate_window {:?} is shorter than sink.nats.duplicate_window_secs = {}; retries would be stored twice",
+            existing.duplicate_window, cfg.duplicate_window_secs
+        ));
+    }
+    None
+}
+
+/// The connected client and the checked stream, shared by every queue's sink.
+#[derive(Clone)]
+pub struct NatsConnection {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: Arc<str>,
+    publish_timeout: Duration,
+    handle: Handle,
+}
+
+impl NatsConnection {
+    /// Connects (must run inside the server's runtime); reconnection afterwards is automatic and unbounded.
+    pub async fn connect(cfg: &NatsConfig) -> Result<NatsConnection, NatsError> {
+        let servers = server_addrs(&cfg.servers)?;
+        let client = connect_options(cfg)
+            .await?
+            .connect(servers)
+            .await
+            .map_err(|source| NatsError::Connect {
+                servers: cfg.servers.join(","),
+                source,
+            })?;
+        let publish_timeout = Duration::from_millis(cfg.publish_timeout_ms);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(publish_timeout)
+            .build(client.clone());
+        Ok(NatsConnection {
+            client,
+            js,
+            stream: Arc::from(cfg.stream.as_str()),
+            publish_timeout,
+            handle: Handle::current(),
+        })
+    }
+
+    /// Creates the stream if it is missing, else checks that it can hold what is acknowledged.
+    pub async fn ensure_stream(&self, cfg: &NatsConfig) -> Result<(), NatsError> {
+        let existing = match self.js.get_stream(&cfg.stream).await {
+            Ok(stream) => stream,
+            Err(e) if stream_not_found(&e) => return self.create_stream(cfg).await,
+            Err(e) => return Err(self.stream_error(e)),
+        };
+        self.check_stream(&existing.cached_info().config, cfg)
+    }
+
+    /// Creates the stream; if another instance created it meanwhile, checks that one instead.
+    async fn create_stream(&self, cfg: &NatsConfig) -> Result<(), NatsError> {
+        let created = self.js.create_stream(stream_config(cfg)).await;
+        let Err(create_error) = created else {
+            tracing::info!(stream = %self.stream, subjects = ?cfg.subjects, replicas = cfg.replicas, "nats: created stream");
+            return Ok(());
+        };
+        match self.js.get_stream(&cfg.stream).await {
+            Ok(existing) => self.check_stream(&existing.cached_info().config, cfg),
+            Err(_) => Err(self.stream_error(create_error)),
+        }
+    }
+
+    fn check_stream(&self, existing: &stream::Config, cfg: &NatsConfig) -> Result<(), NatsError> {
+        if let Some(problem) = incompatibility(existing, cfg) {
+            return Err(NatsError::Incompatible {
+                stream: cfg.stream.clone(),
+                problem,
+            });
+        }
+        tracing::info!(stream = %self.stream, subjects = ?existing.subjects, replicas = existing.num_replicas, "nats: using existing stream");
+        Ok(())
+    }
+
+    fn stream_error(&self, e: impl std::fmt::Display) -> NatsError {
+        NatsError::Stream {
+            stream: self.stream.to_string(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Whether the client is connected right now (the `/readyz` probe).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// The sink of one queue; cheap, no I/O.
+    pub fn queue_sink(&self, queue: &str) -> NatsQueueSink {
+        NatsQueueSink {
+            conn: self.clone(),
+            subjects: [
+                Subject::from(subject(Kind::Inbound, queue)),
+                Subject::from(subject(Kind::Status, queue)),
+            ],
+            batch_size: metrics::histogram!("sms_ingress_sink_batch_size", "queue" => queue.to_owned()),
+            flush_seconds: metrics::histogram!("sms_ingress_sink_flush_seconds", "queue" => queue.to_owned()),
+            duplicates: metrics::counter!("sms_ingress_nats_duplicate_acks_total", "queue" => queue.to_owned()),
+        }
+    }
+
+    /// Publishes every message, then awaits every ack; all within the publish timeout.
+    async fn publish_all(
+        &self,
+        messages: Vec<(Subject, jetstream::message::PublishMessage)>,
+    ) -> Result<u64, NatsError> {
+        let all = async {
+            let mut acks = Vec::with_capacity(messages.len());
+            for (subject, message) in messages {
+                match self.js.send_publish(subject.clone(), message).await {
+                    Ok(ack) => acks.push((subject, ack)),
+                    Err(source) => return Err(NatsError::Publish { subject, source }),
+                }
+            }
+            let mut duplicates = 0;
+            for (subject, ack) in acks {
+                let ack = ack
+                    .await
+                    .map_err(|source| NatsError::Publish { subject, source })?;
+                if *ack.stream != *self.stream {
+                    return Err(NatsError::WrongStream {
+                        got: ack.stream,
+                        expected: self.stream.to_string(),
+                    });
+                }
+                duplicates += u64::from(ack.duplicate);
+            }
+            Ok(duplicates)
+        };
+        tokio::time::timeout(self.publish_timeout, all)
+            .await
+            .map_err(|_| NatsError::Timeout(self.publish_timeout))?
+    }
+}
+
+/// Parses the configured URLs, so a typo fails start-up with the key's name.
+fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+    servers
+        .iter()
+        .map(|s| s.parse().map_err(|_| NatsError::BadServer(s.clone())))
+        .collect()
+}
+
+/// Client options: name, timeouts, credentials, and connection events in the log.
+async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, NatsError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("sms-ingress")
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .request_timeout(Some(Duration::from_millis(cfg.publish_timeout_ms)))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("nats: connected"),
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("nats: disconnected; webhooks answer 503 until reconnected")
+                }
+                other => tracing::warn!(event = %other, "nats: connection event"),
+            }
+        });
+    if let Some(path) = &cfg.credentials_file {
+        options =
+            options
+                .credentials_file(path)
+                .await
+                .map_err(|source| NatsError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+    }
+    Ok(options)
+}
+
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(err)
+        if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// One queue's publisher, driven by that queue's worker thread.
+pub struct NatsQueueSink {
+    conn: NatsConnection,
+    /// `sms.inbound.{queue}`, `sms.status.{queue}`.
+    subjects: [Subject; 2],
+    batch_size: metrics::Histogram,
+    flush_seconds: metrics::Histogram,
+    duplicates: metrics::Counter,
+}
+
+impl NatsQueueSink {
+    /// The message of one envelope: encoded payload, dedup id and informative headers.
+    fn message(&self, env: &Envelope) -> (Subject, jetstream::message::PublishMessage) {
+        let mut payload = Vec::with_capacity(env.body.len() + 512);
+        env.encode(&mut payload);
+        let subject = match env.kind {
+            Kind::Inbound => self.subjects[0].clone(),
+            Kind::Status => self.subjects[1].clone(),
+        };
+        let message = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .message_id(message_id(env))
+            .header(HEADER_KIND, env.kind.as_str())
+            .header(HEADER_ORG, &*env.org)
+            .header(HEADER_QUEUE, &*env.queue)
+            .header(HEADER_INTEGRATION, &*env.integration_id);
+        (subject, message)
+    }
+}
+
+impl QueueSink for NatsQueueSink {
+    /// Publishes the whole batch pipelined; `Ok` only when every publish ack (or duplicate ack) came back.
+    fn write_batch(&mut self, batch: &[&Envelope]) -> Result<(), SinkError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if !self.conn.is_connected() {
+            return Err(NatsError::Disconnected.into());
+        }
+        let messages = batch.iter().map(|env| self.message(env)).collect();
+        let started = Instant::now();
+        let duplicates = self.conn.handle.block_on(self.conn.publish_all(messages))?;
+        self.batch_size.record(batch.len() as f64);
+        self.flush_seconds.record(started.elapsed().as_secs_f64());
+        self.duplicates.increment(duplicates);
+        Ok(())
+    }
+}
+
+/// Prints a queue's envelopes as NDJSON (`offset` = stream sequence) from sequence `from`
+/// (1 = the start); without `follow`, stops at the last message present. Returns how many.
+pub async fn tail(
+    cfg: &NatsConfig,
+    queue: &str,
+    from: u64,
+    follow: bool,
+    out: &mut impl Write,
+) -> Result<u64, NatsError> {
+    let conn = NatsConnection::connect(cfg).await?;
+    let read_error = |e: &dyn std::fmt::Display| NatsError::Read {
+        stream: cfg.stream.clone(),
+        detail: e.to_string(),
+    };
+    let stream = conn
+        .js
+        .get_stream(&cfg.stream)
+        .await
+        .map_err(|e| read_error(&e))?;
+    let mut consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("sms.*.{queue}"),
+            deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| read_error(&e))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| read_error(&e))?
+        .num_pending;
+    if pending == 0 && !follow {
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| read_error(&e))?;
+    let mut printed = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| read_error(&e))?;
+        let info = message.info().map_err(|e| read_error(&e))?;
+        let (sequence, left) = (info.stream_sequence, info.pending);
+        let env = Envelope::decode(&message.payload).map_err(|source| NatsError::Decode {
+            stream: cfg.stream.clone(),
+            sequence,
+            source,
+        })?;
+        writeln!(out, "{}", env.to_json(sequence)).map_err(NatsError::Output)?;
+        out.flush().map_err(NatsError::Output)?;
+        printed += 1;
+        if left == 0 && !follow {
+            break;
+        }
+    }
+    Ok(printed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_coverage_follows_nats_wildcards() {
+        assert!(subject_covers("sms.>", "sms.>"));
+        assert!(subject_covers(">", "sms.>"));
+        assert!(subject_covers("*.>", "sms.>"));
+        assert!(subject_covers("sms.>", "sms.inbound.q"));
+        assert!(subject_covers("sms.*.q", "sms.inbound.q"));
+        assert!(!subject_covers("sms.*", "sms.>"));
+        assert!(!subject_covers("sms.*.*", "sms.>"));
+        assert!(!subject_covers("sms.inbound.>", "sms.>"));
+        assert!(!subject_covers("other.>", "sms.>"));
+        assert!(!subject_covers("sms", "sms.>"));
+        assert!(!subject_covers("sms.inbound", "sms.inbound.q"));
+        assert!(subjects_cover(
+            &["x.y".into(), "sms.>".into()],
+            SUBJECT_ROOT
+        ));
+        assert!(!subjects_cover(&[], SUBJECT_ROOT));
+    }
+
+    #[test]
+    fn stream_names_follow_jetstream_rules() {
+        assert!(valid_stream_name("SMS"));
+        assert!(valid_stream_name("sms-ingress_eu"));
+        for bad in ["", "a.b", "a b", "a*", "a>", "a/b", "a\\b"] {
+            assert!(!valid_stream_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn created_stream_is_compatible_and_changes_are_named() {
+        let cfg = NatsConfig::default();
+        let good = stream_config(&cfg);
+        assert_eq!(incompatibility(&good, &cfg), None);
+        type Change = fn(&mut stream::Config);
+        let cases: [(&str, Change); 6] = [
+            ("do not cover", |c| {
+                c.subjects = vec!["sms.inbound.>".into()]
+            }),
+            ("sealed", |c| c.sealed = true),
+            ("no_ack", |c| c.no_ack = true),
+            ("memory", |c| c.storage = stream::StorageType::Memory),
+            ("duplicate_window", |c| {
+                c.duplicate_window = Duration::from_secs(120)
+            }),
+            ("mirror", |c| c.mirror = Some(Default::default())),
+        ];
+        for (needle, change) in cases {
+            let mut c = good.clone();
+            change(&mut c);
+            let problem = incompatibility(&c, &cfg).expect(needle);
+            assert!(problem.contains(needle), "{problem}");
+        }
+        let r3 = NatsConfig {
+            replicas: 3,
+            ..NatsConfig::default()
+        };
+        assert!(incompatibility(&good, &r3).unwrap().contains("replicas"));
+        let mut wide = good.clone();
+        wide.subjects = vec![">".into()];
+        wide.duplicate_window = Duration::from_secs(3600);
+        assert_eq!(incompatibility(&wide, &cfg), None);
+    }
+
+    #[test]
+    fn message_ids_keep_kinds_apart() {
+        let mut env = Envelope {
+            kind: Kind::Inbound,
+            received_at_ms: 0,
+            org: "o".into(),
+            integration_id: "i".into(),
+            queue: "q".into(),
+            number: "+1".into(),
+            from: String::new(),
+            to: String::new(),
+            message_sid: "SM1".into(),
+            message_status: None,
+            account_sid: String::new(),
+            compliance: None,
+            idempotency_token: None,
+            signature: String::new(),
+            signed_url: String::new(),
+            body: Bytes::new(),
+        };
+        assert_eq!(message_id(&env), "inbound:SM1");
+        env.kind = Kind::Status;
+        env.message_status = Some("delivered".into());
+        assert_eq!(message_id(&env), "status:SM1:delivered");
+        assert_eq!(subject(Kind::Status, "support"), "sms.status.support");
+    }
+}
