@@ -155,7 +155,7 @@ impl Worker {
     /// Blocks for the first job, takes whatever else is waiting, syncs once, answers all.
     fn run(mut self) {
         let mut batch: Vec<Job> = Vec::with_capacity(self.max_batch);
-        while let Ok(first) = self.rx.recv() {
+        while let Some(first) = self.next_job() {
             batch.push(first);
             while batch.len() < self.max_batch {
                 match self.rx.try_recv() {
@@ -164,6 +164,25 @@ impl Worker {
                 }
             }
             self.flush(&mut batch);
+        }
+    }
+
+    /// The next job; while unhealthy, probes the sink every second so health recovers without traffic.
+    fn next_job(&mut self) -> Option<Job> {
+        loop {
+            if self.healthy.load(Ordering::Relaxed) {
+                return self.rx.recv().ok();
+            }
+            match self.rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(job) => return Some(job),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.sink.check().is_ok() {
+                        self.healthy.store(true, Ordering::Relaxed);
+                        tracing::info!(queue = %self.queue, "sink healthy again");
+                    }
+                }
+            }
         }
     }
 
@@ -204,6 +223,13 @@ mod tests {
         fn write_batch(&mut self, _batch: &[&Envelope]) -> Result<(), SinkError> {
             std::thread::sleep(std::time::Duration::from_millis(20));
             self.batches.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(SinkError::Unavailable("test".into()));
+            }
+            Ok(())
+        }
+
+        fn check(&mut self) -> Result<(), SinkError> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(SinkError::Unavailable("test".into()));
             }
@@ -279,5 +305,24 @@ mod tests {
         fail.store(false, Ordering::SeqCst);
         assert!(q.try_submit(env()).unwrap().await.unwrap());
         assert!(d.healthy());
+    }
+
+    #[tokio::test]
+    async fn health_recovers_without_traffic() {
+        let (d, _, fail) = dispatcher(10);
+        fail.store(true, Ordering::SeqCst);
+        let q = d.queue("q").unwrap();
+        assert!(!q.try_submit(env()).unwrap().await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(!d.healthy(), "still failing: must stay unhealthy");
+        fail.store(false, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !d.healthy() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "health never recovered"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }

@@ -19,4 +19,10 @@ pub enum SinkError {
 pub trait QueueSink: Send {
     /// Makes every envelope of the batch durable in one operation (group commit), or none acknowledged.
     fn write_batch(&mut self, batch: &[&Envelope]) -> Result<(), SinkError>;
+
+    /// Whether a batch could be made durable now; polled while the sink is unhealthy, so
+    /// `/readyz` recovers even when no traffic arrives (a load balancer took us out).
+    fn check(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
 }

@@ -394,6 +394,15 @@ impl QueueSink for NatsQueueSink {
         self.duplicates.increment(duplicates);
         Ok(())
     }
+
+    /// Healthy again as soon as the client has reconnected.
+    fn check(&mut self) -> Result<(), SinkError> {
+        if self.conn.is_connected() {
+            Ok(())
+        } else {
+            Err(SinkError::Unavailable("nats: not connected".into()))
+        }
+    }
 }
 
 /// Prints a queue's envelopes as NDJSON (`offset` = stream sequence) from sequence `from`

@@ -360,6 +360,20 @@ impl QueueSink for SpoolWriter {
         self.flush_seconds.record(started.elapsed().as_secs_f64());
         Ok(())
     }
+
+    /// Clears a failed batch's leftovers and proves the disk takes a synced write again
+    /// (a 4 KiB probe file beside the segments, removed afterwards).
+    fn check(&mut self) -> Result<(), SinkError> {
+        self.clean_failed_batch().map_err(SinkError::from)?;
+        let probe = self.qdir.join(".probe");
+        let result = std::fs::File::create(&probe).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(&[0u8; 4096])?;
+            f.sync_data()
+        });
+        let _ = std::fs::remove_file(&probe);
+        result.map_err(SinkError::Io)
+    }
 }
 
 fn open_rw(path: &Path, create: bool) -> Result<File, SpoolError> {
