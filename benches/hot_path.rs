@@ -1,0 +1,213 @@
+//! Criterion micro-benchmarks of the webhook hot path, step by step: form parse, signature
+//! verify, snapshot lookup (1k and 1M numbers) and build (1M), envelope encode, and the
+//! spool's group commit (append + fdatasync, in a temporary directory). Not run in CI.
+//!
+//! `cargo bench --bench hot_path` (add `-- lookup` to run one group).
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use sms_ingress::control::crypto::{MasterKey, Secret};
+use sms_ingress::control::state::{
+    Integration, IntegrationStatus, Number, NumberStatus, NumberType, State,
+};
+use sms_ingress::dispatch::{Dispatcher, SinkFactory};
+use sms_ingress::envelope::{Envelope, Kind};
+use sms_ingress::form::Form;
+use sms_ingress::inventory::Snapshot;
+use sms_ingress::signature::{self, PublicUrl};
+use sms_ingress::sink::spool::SpoolWriter;
+use sms_ingress::sink::{QueueSink, SinkError};
+use std::time::Duration;
+
+const PUBLIC_URL: &str = "https://byosms.mypurecloud.com";
+const PATH: &str = "/vendors/v1/twilio/a906d2848ad146028e8805a8bbaa24d3/mo";
+const TOKEN: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A typical inbound SMS body (~700 bytes, UTF-8 text), as Twilio posts it.
+fn inbound_body() -> String {
+    let text = "Hello+there%21+My+order+%234711+has+not+arrived+yet%2C+can+you+call+me+back+tomorrow+morning%3F+Thanks+%F0%9F%99%8F+%E3%81%82%E3%82%8A%E3%81%8C%E3%81%A8%E3%81%86";
+    format!(
+        "ToCountry=US&ToState=CA&SmsMessageSid=SM0123456789abcdef0123456789abcdef&NumMedia=0&ToCity=SAN+FRANCISCO&FromZip=94105&SmsSid=SM0123456789abcdef0123456789abcdef&FromState=CA&SmsStatus=received&FromCity=SAN+FRANCISCO&Body={text}&FromCountry=US&To=%2B14152000000&MessagingServiceSid=MG0123456789abcdef0123456789abcdef&ToZip=94105&NumSegments=2&MessageSid=SM0123456789abcdef0123456789abcdef&AccountSid=AC0123456789abcdef0123456789abcdef&From=%2B16282000000&ApiVersion=2010-04-01"
+    )
+}
+
+fn form_parse(c: &mut Criterion) {
+    let body = inbound_body();
+    let mut g = c.benchmark_group("form");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("parse_inbound", |b| {
+        b.iter(|| Form::parse(black_box(body.as_bytes())).unwrap())
+    });
+    g.finish();
+}
+
+fn signature_verify(c: &mut Criterion) {
+    let body = inbound_body();
+    let form = Form::parse(body.as_bytes()).unwrap();
+    let bases = PublicUrl::parse(PUBLIC_URL).unwrap();
+    let sig = signature::compute(&format!("{PUBLIC_URL}{PATH}"), &form, TOKEN);
+    // The service also tries the URL with ":443": the worst case is a match on the second base.
+    let sig_443 = signature::compute(&format!("{PUBLIC_URL}:443{PATH}"), &form, TOKEN);
+    let keys = [signature::key(TOKEN)];
+    let mut g = c.benchmark_group("signature");
+    g.bench_function("verify_first_base", |b| {
+        b.iter(|| {
+            signature::verify(bases.bases(), PATH, black_box(&form), &keys, sig.as_bytes()).unwrap()
+        })
+    });
+    g.bench_function("verify_second_base", |b| {
+        b.iter(|| {
+            signature::verify(
+                bases.bases(),
+                PATH,
+                black_box(&form),
+                &keys,
+                sig_443.as_bytes(),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("parse_and_verify", |b| {
+        b.iter(|| {
+            let form = Form::parse(black_box(body.as_bytes())).unwrap();
+            signature::verify(bases.bases(), PATH, &form, &keys, sig.as_bytes()).unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// A sink that stores nothing, so that snapshot benchmarks measure the map only.
+struct NullSink;
+
+impl QueueSink for NullSink {
+    fn write_batch(&mut self, _: &[&Envelope]) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// A state of one integration and `n` numbers over 4 queues, its key and a dispatcher.
+fn state(n: usize) -> (State, MasterKey, Dispatcher) {
+    let mk = MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap();
+    let integration = Integration {
+        id: "int-1".into(),
+        org: "org-a".into(),
+        name: String::new(),
+        notes: String::new(),
+        account_sid: format!("AC{}", "b".repeat(32)),
+        auth_token: mk.seal(&Secret::new("tok"), "int-1").unwrap(),
+        next_auth_token: None,
+        status: IntegrationStatus::Active,
+    };
+    let numbers = (0..n)
+        .map(|i| Number {
+            sender_id: number(i),
+            kind: NumberType::Local,
+            country: "US".into(),
+            integration_id: "int-1".into(),
+            queue: format!("q{}", i % 4),
+            status: NumberStatus::Active,
+            compliance: None,
+        })
+        .collect();
+    let state = State {
+        version: 1,
+        integrations: vec![integration],
+        numbers,
+    };
+    let factory: SinkFactory = Box::new(|_| Ok(Box::new(NullSink)));
+    (state, mk, Dispatcher::new(factory, 1024, 1024))
+}
+
+fn number(i: usize) -> String {
+    format!("+1415{:07}", 2_000_000 + i)
+}
+
+fn snapshot(c: &mut Criterion) {
+    let mut g = c.benchmark_group("snapshot");
+    for n in [1_000, 1_000_000] {
+        let (st, mk, d) = state(n);
+        let snap = Snapshot::build(&st, &mk, &d).unwrap();
+        // A fixed, scattered sequence of hits (an LCG over the numbers), and a miss.
+        let probes: Vec<String> = (0..4096u64)
+            .map(|i| number((i.wrapping_mul(2_654_435_761) % n as u64) as usize))
+            .collect();
+        let mut i = 0;
+        g.bench_function(format!("lookup_hit_{n}"), |b| {
+            b.iter(|| {
+                i = (i + 1) % probes.len();
+                snap.lookup(black_box(&probes[i])).is_some()
+            })
+        });
+        g.bench_function(format!("lookup_miss_{n}"), |b| {
+            b.iter(|| snap.lookup(black_box("+14159000001")).is_none())
+        });
+    }
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    let (st, mk, d) = state(1_000_000);
+    g.bench_function("build_1000000", |b| {
+        b.iter(|| Snapshot::build(black_box(&st), &mk, &d).unwrap())
+    });
+    g.finish();
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        kind: Kind::Inbound,
+        received_at_ms: 1_795_716_000_123,
+        org: "org-a".into(),
+        integration_id: "int-1".into(),
+        queue: "q0".into(),
+        number: "+14152000000".into(),
+        from: "+16282000000".into(),
+        to: "+14152000000".into(),
+        message_sid: "SM0123456789abcdef0123456789abcdef".into(),
+        message_status: None,
+        account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+        compliance: None,
+        idempotency_token: Some("0123456789abcdef0123456789abcdef-1".into()),
+        signature: "0/KCTR6DLpKmkAf8muzZqo1nDgQ=".into(),
+        signed_url: format!("{PUBLIC_URL}{PATH}"),
+        body: Bytes::from(inbound_body()),
+    }
+}
+
+fn envelope_encode(c: &mut Criterion) {
+    let env = envelope();
+    let mut buf = Vec::with_capacity(4096);
+    c.bench_function("envelope/encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&env).encode(&mut buf);
+            buf.len()
+        })
+    });
+}
+
+fn spool_group_commit(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("spool");
+    for batch in [1usize, 64] {
+        let mut w = SpoolWriter::open(dir.path(), &format!("b{batch}"), 64 << 20).unwrap();
+        let envs: Vec<Envelope> = (0..batch).map(|_| envelope()).collect();
+        let refs: Vec<&Envelope> = envs.iter().collect();
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("append_sync_batch_{batch}"), |b| {
+            b.iter_batched(
+                || (),
+                |_| w.write_batch(&refs).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    form_parse,
+    signature_verify,
+    snapshot,
+    envelope_encode,
+    spool_group_commit
+);
+criterion_main!(benches);

@@ -1,0 +1,259 @@
+//! Smoke test of the whole harness against the real service: start `sms-ingress serve` on
+//! ephemeral loopback ports, then `sms-loadtest setup`, a few seconds of `run` (HTTP/1.1
+//! closed loop with every fault share, h2 open loop), and `verify` — bounded in time.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const ADMIN_TOKEN: &str = "smoke-admin-token";
+
+/// The `sms-ingress` binary beside this test's profile directory (`target/<profile>/`).
+fn ingress_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("sms-ingress");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p sms-ingress` first (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let key = sms_ingress::control::crypto::MasterKey::generate_base64().unwrap();
+    std::fs::write(dir.join("master.key"), key).unwrap();
+    let hash = ring_sha256(ADMIN_TOKEN);
+    let cfg = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "https://sms.smoke.example"
+region = "us-east-1"
+[metrics]
+listen = "127.0.0.1:0"
+[control]
+state_file = "{d}/state.json"
+admin_socket = "{d}/admin.sock"
+master_key_file = "{d}/master.key"
+vendor_checks = false
+audit_log = "{d}/audit.log"
+[[control.admin_tokens]]
+org = "smoke-org"
+token_sha256 = "{hash}"
+permissions = ["integration:add", "sms_number:all"]
+[sink]
+dir = "{d}/spool"
+[dead_letters]
+dir = "{d}/dead-letters"
+[log]
+format = "json"
+level = "info"
+"#,
+        d = dir.display()
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn ring_sha256(s: &str) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Starts the server and returns it with its webhook address (from "sms-ingress serving").
+fn start(config: &Path) -> (Server, String) {
+    let mut child = Command::new(ingress_binary())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("SMS_INGRESS_MASTER_KEY")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sms-ingress");
+    let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("sms-ingress did not start in 20 s");
+        if line.contains("sms-ingress serving") {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            // Keep draining stderr so that the server never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (server, v["listen"].as_str().unwrap().to_string());
+        }
+    }
+}
+
+fn loadtest(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_sms-loadtest"))
+        .args(args)
+        .env("SMS_LOADTEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    eprintln!(
+        "sms-loadtest {}:\n{}",
+        args[0],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json output")
+}
+
+#[test]
+fn setup_run_verify_against_the_real_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let (_server, addr) = start(&config);
+    let (plan, acked) = (dir.path().join("plan.json"), dir.path().join("acked.txt"));
+    let (plan_s, acked_s) = (plan.to_str().unwrap(), acked.to_str().unwrap());
+
+    let out = loadtest(&[
+        "setup",
+        "--config",
+        config.to_str().unwrap(),
+        "--numbers",
+        "40",
+        "--queues",
+        "2",
+        "--plan",
+        plan_s,
+    ]);
+    assert!(out.status.success(), "setup failed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("imported 40 numbers in"));
+
+    // HTTP/1.1, closed loop, every kind of request and fault.
+    let plot = dir.path().join("plot.svg");
+    let out = loadtest(&[
+        "run",
+        "--plan",
+        plan_s,
+        "--target",
+        &addr,
+        "--acked",
+        acked_s,
+        "--json",
+        "--quiet",
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--mms",
+        "0.2",
+        "--status",
+        "0.3",
+        "--bad-signature",
+        "0.05",
+        "--unknown-number",
+        "0.05",
+        "--retry",
+        "0.1",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let v = json_of(&out);
+    assert!(v["answered"].as_u64().unwrap() > 50, "{v}");
+    assert_eq!(
+        (v["errors"].as_u64(), v["unexpected"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert!(v["statuses"]["403"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["acked"].as_u64().unwrap() > 0, "{v}");
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("<polyline"));
+    let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("lost=0 duplicated=0"));
+
+    // h2, open loop at a modest rate: latency measured from the intended times.
+    let out = loadtest(&[
+        "run",
+        "--plan",
+        plan_s,
+        "--target",
+        &addr,
+        "--acked",
+        acked_s,
+        "--json",
+        "--quiet",
+        "--protocol",
+        "h2",
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+        "--rate",
+        "100",
+        "--retry",
+        "0.2",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["mode"], "open");
+    assert_eq!(v["answered"].as_u64(), Some(100), "{v}");
+    assert_eq!(
+        (
+            v["errors"].as_u64(),
+            v["unexpected"].as_u64(),
+            v["unsent"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{v}"
+    );
+    let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A planted loss is caught: a key acknowledged that was never stored.
+    std::fs::write(&acked, "SM00000000000000000000000000000000\n").unwrap();
+    let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("lost=1 duplicated=0"));
+}
