@@ -1,8 +1,6 @@
 //! Form parsing: `application/x-www-form-urlencoded` bodies as Twilio posts them. Names and
-//! values borrow from the body and are decoded (into an owned string) only when they
-//! contain `+` or `%`, so the usual field is never copied.
-
-use std::borrow::Cow;
+//! values borrow from the body; those containing `+` or `%` are decoded into one shared
+//! buffer. Pairs are kept sorted as Twilio signs them, so verification needs no sort.
 
 /// Why a body is not a form; every variant answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -11,18 +9,42 @@ pub enum FormError {
     BadEscape(usize),
     #[error("field is not UTF-8 after decoding (at byte {0})")]
     NotUtf8(usize),
+    #[error("body is larger than 4 GiB")]
+    TooLarge,
 }
 
-/// The decoded fields of one body, in the order they were sent.
+/// Where a name or value lives: a slice of the body, or of the one buffer of decoded text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+    decoded: bool,
+}
+
+/// The decoded fields of one body, sorted by name then value (Twilio's signing order).
+///
+/// Fields that need no decoding borrow from the body; the others share one buffer, so a
+/// parse costs two allocations however many fields are escaped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Form<'a> {
-    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    body: &'a str,
+    decoded: String,
+    pairs: Vec<(Span, Span)>,
 }
 
 impl<'a> Form<'a> {
     /// Parses a whole body; empty segments (`a=1&&b=2`) are skipped, `name` without `=` has an empty value.
     pub fn parse(body: &'a [u8]) -> Result<Form<'a>, FormError> {
-        let mut pairs = Vec::with_capacity(32);
+        if u32::try_from(body.len()).is_err() {
+            return Err(FormError::TooLarge);
+        }
+        let text = std::str::from_utf8(body).map_err(|e| FormError::NotUtf8(e.valid_up_to()))?;
+        let mut form = Form {
+            body: text,
+            decoded: String::new(),
+            pairs: Vec::with_capacity(32),
+        };
+        let mut scratch = Vec::new();
         let mut start = 0;
         for segment in body.split(|&b| b == b'&') {
             let seg_start = start;
@@ -30,41 +52,77 @@ impl<'a> Form<'a> {
             if segment.is_empty() {
                 continue;
             }
-            let (name, value, value_at) = match segment.iter().position(|&b| b == b'=') {
-                Some(eq) => (&segment[..eq], &segment[eq + 1..], seg_start + eq + 1),
-                None => (
-                    segment,
-                    &segment[segment.len()..],
-                    seg_start + segment.len(),
-                ),
-            };
-            pairs.push((decode(name, seg_start)?, decode(value, value_at)?));
+            let eq = segment
+                .iter()
+                .position(|&b| b == b'=')
+                .unwrap_or(segment.len());
+            let value_start = (seg_start + eq + 1).min(seg_start + segment.len());
+            let name = form.span(seg_start, seg_start + eq, &mut scratch)?;
+            let value = form.span(value_start, seg_start + segment.len(), &mut scratch)?;
+            form.pairs.push((name, value));
         }
-        Ok(Form { pairs })
+        let (body, decoded) = (form.body, form.decoded.as_str());
+        let text_of = |s: &Span| resolve(body, decoded, *s);
+        form.pairs.sort_unstable_by(|a, b| {
+            (text_of(&a.0), text_of(&a.1)).cmp(&(text_of(&b.0), text_of(&b.1)))
+        });
+        Ok(form)
     }
 
-    /// The first value of a field, the way Twilio's single-valued fields are read.
+    /// Records `body[start..end]`, decoding it into the shared buffer if it holds `+` or `%`.
+    fn span(&mut self, start: usize, end: usize, scratch: &mut Vec<u8>) -> Result<Span, FormError> {
+        let raw = &self.body.as_bytes()[start..end];
+        if !raw.iter().any(|&b| b == b'+' || b == b'%') {
+            return Ok(Span {
+                start: start as u32,
+                end: end as u32,
+                decoded: false,
+            });
+        }
+        decode_into(raw, start, scratch)?;
+        let text = std::str::from_utf8(scratch)
+            .map_err(|e| FormError::NotUtf8(start + e.valid_up_to()))?;
+        let at = self.decoded.len();
+        self.decoded.push_str(text);
+        Ok(Span {
+            start: at as u32,
+            end: self.decoded.len() as u32,
+            decoded: true,
+        })
+    }
+
+    /// The value of a field (the smallest, should the name be repeated).
     pub fn get(&self, name: &str) -> Option<&str> {
+        let i = self.pairs.partition_point(|(n, _)| self.text(*n) < name);
+        let (n, v) = self.pairs.get(i)?;
+        (self.text(*n) == name).then(|| self.text(*v))
+    }
+
+    /// Every (name, value) pair, sorted by name then value: the order Twilio signs in.
+    pub fn pairs(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
         self.pairs
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_ref())
+            .map(|(n, v)| (self.text(*n), self.text(*v)))
     }
 
-    /// Every (name, value) pair, for signing.
-    pub fn pairs(&self) -> &[(Cow<'a, str>, Cow<'a, str>)] {
-        &self.pairs
+    fn text(&self, span: Span) -> &str {
+        resolve(self.body, &self.decoded, span)
     }
 }
 
-/// Decodes one name or value; borrows when there is nothing to decode.
-fn decode(raw: &[u8], offset: usize) -> Result<Cow<'_, str>, FormError> {
-    if !raw.iter().any(|&b| b == b'+' || b == b'%') {
-        return std::str::from_utf8(raw)
-            .map(Cow::Borrowed)
-            .map_err(|e| FormError::NotUtf8(offset + e.valid_up_to()));
+/// The text a span names.
+fn resolve<'t>(body: &'t str, decoded: &'t str, span: Span) -> &'t str {
+    let range = span.start as usize..span.end as usize;
+    if span.decoded {
+        &decoded[range]
+    } else {
+        &body[range]
     }
-    let mut out = Vec::with_capacity(raw.len());
+}
+
+/// Percent- and plus-decodes one name or value into `out` (cleared first).
+fn decode_into(raw: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<(), FormError> {
+    out.clear();
     let mut i = 0;
     while i < raw.len() {
         match raw[i] {
@@ -82,9 +140,7 @@ fn decode(raw: &[u8], offset: usize) -> Result<Cow<'_, str>, FormError> {
         }
         i += 1;
     }
-    String::from_utf8(out)
-        .map(Cow::Owned)
-        .map_err(|e| FormError::NotUtf8(offset + e.utf8_error().valid_up_to()))
+    Ok(())
 }
 
 fn hex_val(c: u8) -> Option<u8> {
@@ -104,17 +160,19 @@ mod tests {
         Form::parse(body.as_bytes())
             .unwrap()
             .pairs()
-            .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect()
     }
 
     #[test]
-    fn plain_fields_borrow() {
-        let body = b"To=12345&Body=hi";
-        let f = Form::parse(body).unwrap();
-        assert!(matches!(f.pairs()[0].1, Cow::Borrowed(_)));
+    fn plain_fields_borrow_and_escaped_share_one_buffer() {
+        let f = Form::parse(b"To=12345&Body=hi&From=%2B1&X=a+b").unwrap();
         assert_eq!(f.get("Body"), Some("hi"));
+        assert!(f.pairs.iter().filter(|(_, v)| v.decoded).count() == 2);
+        assert_eq!(f.decoded, "+1a b");
+        assert_eq!(f.get("From"), Some("+1"));
+        assert_eq!(f.get("X"), Some("a b"));
+        assert_eq!(f.get("Nope"), None);
     }
 
     #[test]
@@ -122,8 +180,8 @@ mod tests {
         assert_eq!(
             pairs("From=%2B15551234567&Body=hello+world%21"),
             vec![
+                ("Body".into(), "hello world!".into()),
                 ("From".into(), "+15551234567".into()),
-                ("Body".into(), "hello world!".into())
             ]
         );
         assert_eq!(pairs("a=%2b%2B"), vec![("a".into(), "++".into())]);
@@ -140,7 +198,7 @@ mod tests {
     #[test]
     fn empty_values_and_segments() {
         assert_eq!(
-            pairs("a=&&b&c=="),
+            pairs("c==&&b&a="),
             vec![
                 ("a".into(), "".into()),
                 ("b".into(), "".into()),
@@ -151,10 +209,23 @@ mod tests {
     }
 
     #[test]
-    fn repeated_keys_kept_in_order() {
-        let f = Form::parse(b"k=2&k=1").unwrap();
-        assert_eq!(f.pairs().len(), 2);
-        assert_eq!(f.get("k"), Some("2"));
+    fn repeated_keys_sorted_by_value() {
+        let f = Form::parse(b"k=2&a=0&k=1").unwrap();
+        assert_eq!(f.pairs().len(), 3);
+        assert_eq!(f.get("k"), Some("1"));
+        assert_eq!(
+            pairs("k=2&a=0&k=1")[1..],
+            [("k".into(), "1".into()), ("k".into(), "2".into())]
+        );
+    }
+
+    #[test]
+    fn sorted_by_bytes_not_case() {
+        let names: Vec<String> = pairs("b=1&B=2&a=3&AccountSid=4")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["AccountSid", "B", "a", "b"]);
     }
 
     #[test]
@@ -166,7 +237,7 @@ mod tests {
         assert_eq!(pairs("Body=こ"), vec![("Body".into(), "こ".into())]);
         assert!(matches!(
             Form::parse(b"Body=%FF"),
-            Err(FormError::NotUtf8(_))
+            Err(FormError::NotUtf8(5))
         ));
         assert!(matches!(
             Form::parse(b"Body=\xff"),

@@ -115,33 +115,22 @@ pub fn url_variants(url: &str) -> Result<Vec<String>, UrlError> {
     Ok(parts.variants(parts.rest))
 }
 
-/// The pairs in Twilio's signing order: by name, then by value (byte order), repeats kept.
-fn sorted_pairs<'f>(form: &'f Form<'_>) -> Vec<(&'f str, &'f str)> {
-    let mut pairs: Vec<(&str, &str)> = form
-        .pairs()
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v.as_ref()))
-        .collect();
-    pairs.sort_unstable();
-    pairs
-}
-
 /// The exact string Twilio signs, for operators comparing with Twilio's console.
 pub fn signed_string(url: &str, form: &Form<'_>) -> String {
     let mut s = String::from(url);
-    for (n, v) in sorted_pairs(form) {
+    for (n, v) in form.pairs() {
         s.push_str(n);
         s.push_str(v);
     }
     s
 }
 
-/// HMAC-SHA1 tag over the URL (prefix + suffix) and the sorted pairs, without building the string.
-fn tag(key: &hmac::Key, url: &str, suffix: &str, pairs: &[(&str, &str)]) -> hmac::Tag {
+/// HMAC-SHA1 tag over the URL (prefix + suffix) and the pairs (kept sorted by `Form`), without building the string.
+fn tag(key: &hmac::Key, url: &str, suffix: &str, form: &Form<'_>) -> hmac::Tag {
     let mut ctx = hmac::Context::with_key(key);
     ctx.update(url.as_bytes());
     ctx.update(suffix.as_bytes());
-    for (n, v) in pairs {
+    for (n, v) in form.pairs() {
         ctx.update(n.as_bytes());
         ctx.update(v.as_bytes());
     }
@@ -155,7 +144,7 @@ pub fn key(token: &[u8]) -> hmac::Key {
 
 /// The `X-Twilio-Signature` value Twilio would send for this URL, form and token.
 pub fn compute(url: &str, form: &Form<'_>, token: &[u8]) -> String {
-    B64.encode(tag(&key(token), url, "", &sorted_pairs(form)).as_ref())
+    B64.encode(tag(&key(token), url, "", form).as_ref())
 }
 
 /// Checks a signature over each `prefix + suffix` URL and every key; returns the index of the prefix that matched.
@@ -174,10 +163,9 @@ pub fn verify(
     if n != 20 {
         return None;
     }
-    let pairs = sorted_pairs(form);
     for (i, url) in prefixes.iter().enumerate() {
         for k in keys {
-            let expected = tag(k, url, suffix, &pairs);
+            let expected = tag(k, url, suffix, form);
             if constant_time_eq(expected.as_ref(), &sig[..n]) {
                 return Some(i);
             }

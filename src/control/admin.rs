@@ -4,7 +4,7 @@
 //! sees its own org only; Auth Tokens go in, are sealed, and never come out.
 
 use super::crypto::{MasterKey, Sealed, Secret};
-use super::import::{check_import, ImportError, ImportRequest};
+use super::import::{check_bulk, check_import, ImportError, ImportRequest};
 use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, StateError};
 use super::store::ControlStore;
 use super::vendor::{ImportVendorError, TwilioClient, VendorError};
@@ -159,6 +159,7 @@ enum Op {
     PatchIntegration(String),
     DeleteIntegration(String),
     ImportNumber,
+    BulkImport,
     ListNumbers,
     DeleteNumber(String),
     Regions,
@@ -173,7 +174,9 @@ impl Op {
             Op::ListIntegrations | Op::GetIntegration(_) => Permission::IntegrationView,
             Op::PatchIntegration(_) | Op::ReplayDeadLetters => Permission::IntegrationEdit,
             Op::DeleteIntegration(_) => Permission::IntegrationDelete,
-            Op::ImportNumber | Op::ListNumbers | Op::DeleteNumber(_) => Permission::SmsNumberAll,
+            Op::ImportNumber | Op::BulkImport | Op::ListNumbers | Op::DeleteNumber(_) => {
+                Permission::SmsNumberAll
+            }
             Op::Regions => return None,
         })
     }
@@ -184,6 +187,7 @@ impl Op {
             Op::CreateIntegration
                 | Op::PatchIntegration(_)
                 | Op::ImportNumber
+                | Op::BulkImport
                 | Op::ReplayDeadLetters
         )
     }
@@ -216,6 +220,7 @@ fn route(method: &Method, path: &str) -> Result<Op, ApiError> {
             Method::GET => return Ok(Op::ListNumbers),
             _ => &[Method::GET, Method::POST],
         },
+        ["numbers", "bulk"] if *method == Method::POST => return Ok(Op::BulkImport),
         ["numbers", sid] if !sid.is_empty() => match *method {
             Method::DELETE => return Ok(Op::DeleteNumber(decode(sid)?)),
             _ => &[Method::DELETE],
@@ -408,7 +413,15 @@ impl AdminApi {
         }
         let query = req.uri().query().map(str::to_string);
         let body = if op.has_body() {
-            read_body(req).await?
+            read_body(
+                req,
+                if matches!(op, Op::BulkImport) {
+                    MAX_BULK_BODY_BYTES
+                } else {
+                    MAX_BODY_BYTES
+                },
+            )
+            .await?
         } else {
             Bytes::new()
         };
@@ -483,8 +496,8 @@ fn replay_error(e: DeadLetterError) -> ApiError {
     }
 }
 
-/// Reads the whole body, refusing more than `MAX_BODY_BYTES`.
-async fn read_body<B>(req: Request<B>) -> Result<Bytes, ApiError>
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -493,7 +506,7 @@ where
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            format!("request body exceeds {limit} bytes"),
         )
     };
     let declared = req
@@ -501,13 +514,10 @@ where
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
+    match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(_) => Err(ApiError::invalid_request(
@@ -660,6 +670,7 @@ impl Ctx<'_> {
                 self.audited("integration.delete", &id, || self.delete_integration(&id))
             }
             Op::ImportNumber => self.audited("number.import", "-", || self.import_number(body)),
+            Op::BulkImport => self.audited("number.bulk_import", "-", || self.bulk_import(body)),
             Op::DeleteNumber(sid) => {
                 self.audited("number.delete", &sid, || self.delete_number(&sid))
             }
@@ -1159,5 +1170,144 @@ mod tests {
             (e.status(), e.code()),
             (StatusCode::CONFLICT, "number_unavailable")
         );
+    }
+}
+
+/// Most numbers in one `POST /api/v1/numbers/bulk`.
+pub const MAX_BULK_NUMBERS: usize = 100_000;
+/// Body limit of a bulk import (about 300 bytes a number).
+pub const MAX_BULK_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Twilio REST checks in flight at once during a bulk import.
+const BULK_VENDOR_CONCURRENCY: usize = 32;
+
+/// `POST /api/v1/numbers/bulk`: many imports, all or nothing.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkImport {
+    numbers: Vec<ImportRequest>,
+}
+
+/// Bulk import: the seed's UI imports one number at a time, but an inventory of thousands
+/// (or a load test of a million) needs one state write and one snapshot swap per batch.
+impl Ctx<'_> {
+    fn bulk_import(&self, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: BulkImport = parse(body)?;
+        if req.numbers.is_empty() || req.numbers.len() > MAX_BULK_NUMBERS {
+            return Err(ApiError::invalid_request(format!(
+                "numbers must hold 1 to {MAX_BULK_NUMBERS} imports"
+            )));
+        }
+        let org = self.org();
+        let state = self.store.snapshot();
+        check_bulk(&state, org, &req.numbers, &self.store.in_flight())
+            .map_err(at_index(&req.numbers))?;
+        let mut reservations = Vec::with_capacity(req.numbers.len());
+        for (i, r) in req.numbers.iter().enumerate() {
+            let held = self.store.reserve(&r.sender_id);
+            reservations.push(
+                held.ok_or_else(|| {
+                    at_index(&req.numbers)((i, ImportError::ProvisioningInProgress))
+                })?,
+            );
+        }
+        self.vendor_check_all(&state, &req.numbers)?;
+        drop(state);
+        let imported = self.store.apply(|s| {
+            let numbers = check_bulk(s, org, &req.numbers, &HashSet::new())
+                .map_err(at_index(&req.numbers))?;
+            let n = numbers.len();
+            s.numbers.extend(numbers);
+            Ok(n)
+        })?;
+        drop(reservations);
+        Ok((
+            StatusCode::CREATED,
+            Some(serde_json::json!({ "imported": imported })),
+        ))
+    }
+
+    /// The Twilio checks of every number, `BULK_VENDOR_CONCURRENCY` at a time; the first failure wins.
+    fn vendor_check_all(&self, state: &State, reqs: &[ImportRequest]) -> Result<(), ApiError> {
+        use futures_util::stream::{self, TryStreamExt};
+        if self.vendor.is_none() {
+            return Ok(());
+        }
+        self.wait(async {
+            stream::iter(reqs.iter().enumerate().map(Ok::<_, ApiError>))
+                .map_ok(|(i, r)| async move {
+                    self.vendor_check_number_async(state, r).await.map_err(|e| {
+                        ApiError::new(
+                            e.status(),
+                            e.code(),
+                            format!("numbers[{i}] ({}): {}", r.sender_id, e.message()),
+                        )
+                    })
+                })
+                .try_buffer_unordered(BULK_VENDOR_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await
+        })?;
+        Ok(())
+    }
+
+    /// One number's Twilio check, trying the rotation token if Twilio rejects the primary.
+    async fn vendor_check_number_async(
+        &self,
+        state: &State,
+        req: &ImportRequest,
+    ) -> Result<(), ApiError> {
+        let Some(vendor) = self.vendor else {
+            return Ok(());
+        };
+        let integration = req
+            .integration_id
+            .as_deref()
+            .and_then(|id| state.integration(id))
+            .ok_or(ImportError::IntegrationMissing)?;
+        let open = |sealed: &Sealed| {
+            self.store
+                .master_key()
+                .open(sealed, &integration.id)
+                .map_err(|_| ApiError::internal("the stored Auth Token could not be opened"))
+        };
+        let webhook_url = self.region.webhook_url();
+        let primary = open(&integration.auth_token)?;
+        let result = vendor
+            .check_number(
+                &integration.account_sid,
+                &primary,
+                &req.sender_id,
+                req.kind,
+                &webhook_url,
+            )
+            .await;
+        let rejected = ImportVendorError::Vendor(VendorError::CredentialsRejected);
+        match (&result, &integration.next_auth_token) {
+            (Err(e), Some(next)) if *e == rejected => {
+                let next = open(next)?;
+                Ok(vendor
+                    .check_number(
+                        &integration.account_sid,
+                        &next,
+                        &req.sender_id,
+                        req.kind,
+                        &webhook_url,
+                    )
+                    .await?)
+            }
+            _ => Ok(result?),
+        }
+    }
+}
+
+/// Prefixes an import error with the position and sender ID it belongs to.
+fn at_index(reqs: &[ImportRequest]) -> impl Fn((usize, ImportError)) -> ApiError + '_ {
+    move |(i, e)| {
+        let sender = reqs.get(i).map_or("", |r| r.sender_id.as_str());
+        ApiError::new(
+            e.status(),
+            e.code(),
+            format!("numbers[{i}] ({sender}): {e}"),
+        )
     }
 }

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+/// Largest inventory whose state file is written indented.
+const PRETTY_MAX_NUMBERS: usize = 10_000;
+
 /// Everything the control plane knows; the state file is this, as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,7 +229,14 @@ impl State {
 
     /// The exact bytes `save` writes, so the store can recognise its own file later.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(self).expect("state serialises");
+        // Pretty for the inventories people read and edit; compact past that, where the
+        // file is written by tools and its size is what costs.
+        let mut bytes = if self.numbers.len() <= PRETTY_MAX_NUMBERS {
+            serde_json::to_vec_pretty(self)
+        } else {
+            serde_json::to_vec(self)
+        }
+        .expect("state serialises");
         bytes.push(b'\n');
         bytes
     }
