@@ -151,6 +151,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         dedup,
         Duration::from_secs(cfg.policy.dedup_window_secs),
     ));
+    // Registered before "serving" is logged: a SIGHUP from then on reloads, never kills.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tracing::info!(
         listen = %listener.local_addr()?,
         metrics = %metrics_addr,
@@ -160,12 +162,15 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         numbers = inventory.load().len(),
         "sms-ingress serving"
     );
-    tokio::spawn(reload_on_sighup(Reload {
-        path: config_path,
-        running: cfg.clone(),
-        log: log_reload,
-        admin: admin_api.clone(),
-    }));
+    tokio::spawn(reload_on_sighup(
+        hup,
+        Reload {
+            path: config_path,
+            running: cfg.clone(),
+            log: log_reload,
+            admin: admin_api.clone(),
+        },
+    ));
     let (drain_signal, drain) = crate::listener::drain_channel();
     let limits = cfg.limits.clone();
     tokio::spawn(crate::listener::serve(
@@ -204,8 +209,8 @@ struct Reload {
 
 /// On SIGHUP: re-read the config; apply log level and admin tokens, re-read the state file,
 /// and name every other changed section, which needs a restart. A bad file changes nothing.
-async fn reload_on_sighup(mut r: Reload) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+async fn reload_on_sighup(hup: std::io::Result<tokio::signal::unix::Signal>, mut r: Reload) {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot listen for SIGHUP; config reload disabled");
         return;
     };
