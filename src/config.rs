@@ -85,6 +85,86 @@ pub struct ControlConfig {
     /// Watch the state file and swap in valid external edits.
     pub watch_state_file: bool,
     pub admin_tokens: Vec<AdminToken>,
+    /// Where integrations and numbers live: the state file, or a NATS KV bucket for a fleet.
+    pub store: StoreKind,
+    /// The fleet's bucket, used when `store = "nats_kv"`.
+    pub nats_kv: NatsKvConfig,
+}
+
+/// Storage of the control plane's records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// `control.state_file`, watched for external edits (one instance).
+    #[default]
+    File,
+    /// A JetStream KV bucket every instance of a fleet watches and writes with compare-and-set.
+    NatsKv,
+}
+
+/// `[control.nats_kv]`: the KV bucket shared by a fleet's control planes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsKvConfig {
+    /// Server URLs; the client picks one and reconnects to any of them.
+    pub servers: Vec<String>,
+    /// Bucket name; created at start if missing.
+    pub bucket: String,
+    /// Replicas of a created bucket (1, or 3/5 in a cluster).
+    pub replicas: usize,
+    /// Milliseconds allowed for the connection at start.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds one KV request (read, compare-and-set write) may take.
+    pub request_timeout_ms: u64,
+    /// NATS `.creds` file (user JWT and nkey seed); unset connects without credentials.
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl Default for NatsKvConfig {
+    fn default() -> Self {
+        NatsKvConfig {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            bucket: "sms_ingress_state".into(),
+            replicas: 1,
+            connect_timeout_ms: 5000,
+            request_timeout_ms: 5000,
+            credentials_file: None,
+        }
+    }
+}
+
+impl NatsKvConfig {
+    /// The first key that cannot work, with the fix; checked only when the store is `nats_kv`.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        if self.servers.is_empty() || self.servers.iter().any(|s| s.trim().is_empty()) {
+            return Some((
+                "control.nats_kv.servers",
+                "list at least one URL such as \"nats://127.0.0.1:4222\"".into(),
+            ));
+        }
+        if !crate::control::kv::valid_bucket_name(&self.bucket) {
+            return Some((
+                "control.nats_kv.bucket",
+                "must be 1-64 of [A-Za-z0-9_-]".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Some(("control.nats_kv.replicas", "must be between 1 and 5".into()));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Some((
+                "control.nats_kv.connect_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout_ms == 0 {
+            return Some((
+                "control.nats_kv.request_timeout_ms",
+                "must be at least 1".into(),
+            ));
+        }
+        None
+    }
 }
 
 impl Default for ControlConfig {
@@ -100,6 +180,8 @@ impl Default for ControlConfig {
             audit_log: "data/audit.log".into(),
             watch_state_file: true,
             admin_tokens: Vec::new(),
+            store: StoreKind::File,
+            nats_kv: NatsKvConfig::default(),
         }
     }
 }
@@ -470,6 +552,11 @@ impl Config {
         }
         if self.sink.kind == SinkKind::Nats {
             if let Some((key, problem)) = self.sink.nats.problem() {
+                return invalid(key, &problem);
+            }
+        }
+        if self.control.store == StoreKind::NatsKv {
+            if let Some((key, problem)) = self.control.nats_kv.problem() {
                 return invalid(key, &problem);
             }
         }

@@ -1,7 +1,7 @@
 //! Start-up: wires config, master key, sinks, inventory, control plane and listeners
 //! together, in the order that makes `/readyz` truthful.
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkKind, StoreKind};
 use crate::control::admin::{self, AdminApi};
 use crate::control::audit::AuditLog;
 use crate::control::crypto::MasterKey;
@@ -66,6 +66,37 @@ fn publisher(
     })
 }
 
+/// The bucket and its open watch, for the KV store's watcher thread.
+type KvWatch = (
+    Arc<crate::control::kv::KvBackend>,
+    async_nats::jetstream::kv::Watch,
+);
+
+/// The configured control store; for `nats_kv` the whole bucket is loaded before it returns.
+async fn open_store(
+    cfg: &Config,
+    key: Arc<MasterKey>,
+    publish: Publisher,
+    webhook: Arc<Webhook>,
+) -> anyhow::Result<(ControlStore, Option<KvWatch>)> {
+    if cfg.control.store == StoreKind::File {
+        let store = ControlStore::open(&cfg.control.state_file, key, publish)
+            .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?;
+        return Ok((store, None));
+    }
+    let kv = &cfg.control.nats_kv;
+    let backend = Arc::new(crate::control::kv::KvBackend::connect(kv).await?);
+    let (changes, watch) = backend.load().await?;
+    let store = ControlStore::open_kv(backend.clone(), &changes, key, publish)
+        .with_context(|| format!("control.nats_kv bucket {}", kv.bucket))?
+        .with_readiness(Arc::new(move |ready| match ready {
+            true => webhook.set_loaded(),
+            false => webhook.set_unloaded(),
+        }));
+    tracing::info!(bucket = %kv.bucket, records = changes.len(), "control: KV bucket loaded");
+    Ok((store, Some((backend, watch))))
+}
+
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
 pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> anyhow::Result<()> {
     let prometheus = crate::telemetry::install_recorder()?;
@@ -100,17 +131,17 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         key.clone(),
         webhook.clone(),
     );
-    let store = Arc::new(
-        ControlStore::open(&cfg.control.state_file, key.clone(), publish)
-            .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?
-            .with_audit(AuditLog::open(&cfg.control.audit_log)?),
-    );
+    let (store, kv_watch) = open_store(&cfg, key.clone(), publish, webhook.clone()).await?;
+    let store = Arc::new(store.with_audit(AuditLog::open(&cfg.control.audit_log)?));
+    if let Some((backend, watch)) = kv_watch {
+        crate::control::kv::spawn_watcher(store.clone(), backend, watch)?;
+    }
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api = Arc::new(
         AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?.with_vendor(vendor),
     );
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
-    let _watcher = (cfg.control.watch_state_file)
+    let _watcher = (cfg.control.watch_state_file && cfg.control.store == StoreKind::File)
         .then(|| crate::control::watch::spawn(admin_api.store().clone()))
         .transpose()?;
 
@@ -151,6 +182,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         dedup,
         Duration::from_secs(cfg.policy.dedup_window_secs),
     ));
+    // Registered before "serving" is logged: a SIGHUP from then on reloads, never kills.
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tracing::info!(
         listen = %listener.local_addr()?,
         metrics = %metrics_addr,
@@ -160,12 +193,15 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         numbers = inventory.load().len(),
         "sms-ingress serving"
     );
-    tokio::spawn(reload_on_sighup(Reload {
-        path: config_path,
-        running: cfg.clone(),
-        log: log_reload,
-        admin: admin_api.clone(),
-    }));
+    tokio::spawn(reload_on_sighup(
+        hup,
+        Reload {
+            path: config_path,
+            running: cfg.clone(),
+            log: log_reload,
+            admin: admin_api.clone(),
+        },
+    ));
     let (drain_signal, drain) = crate::listener::drain_channel();
     let limits = cfg.limits.clone();
     tokio::spawn(crate::listener::serve(
@@ -204,8 +240,8 @@ struct Reload {
 
 /// On SIGHUP: re-read the config; apply log level and admin tokens, re-read the state file,
 /// and name every other changed section, which needs a restart. A bad file changes nothing.
-async fn reload_on_sighup(mut r: Reload) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+async fn reload_on_sighup(hup: std::io::Result<tokio::signal::unix::Signal>, mut r: Reload) {
+    let Ok(mut hup) = hup else {
         tracing::warn!("cannot listen for SIGHUP; config reload disabled");
         return;
     };
@@ -320,7 +356,17 @@ async fn shutdown_signal() {
 /// `check-config`: everything `serve` would refuse to start on, without binding anything.
 pub fn check(cfg: &Config) -> anyhow::Result<String> {
     let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
-    let state = State::load(&cfg.control.state_file)?;
+    let (state, control) = match cfg.control.store {
+        StoreKind::File => (State::load(&cfg.control.state_file)?, String::new()),
+        StoreKind::NatsKv => (
+            State::default(),
+            format!(
+                " (control plane in KV bucket {} at {}, not contacted by check-config)",
+                cfg.control.nats_kv.bucket,
+                cfg.control.nats_kv.servers.join(",")
+            ),
+        ),
+    };
     for i in &state.integrations {
         key.open(&i.auth_token, &i.id).with_context(|| {
             format!(
@@ -341,7 +387,7 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
         ),
     };
     Ok(format!(
-        "config OK: region {} ({}), {} integrations, {} numbers, {} admin tokens, {sink}",
+        "config OK: region {} ({}), {} integrations, {} numbers{control}, {} admin tokens, {sink}",
         cfg.region().name,
         cfg.region().webhook_url(),
         state.integrations.len(),

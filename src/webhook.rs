@@ -125,6 +125,11 @@ impl Webhook {
         self.loaded.store(true, Ordering::Release);
     }
 
+    /// Marks the snapshot as not current (the fleet's KV store is reloading), so `/readyz` is 503.
+    pub fn set_unloaded(&self) {
+        self.loaded.store(false, Ordering::Release);
+    }
+
     /// The hyper service function: one request in, one response out, metrics recorded.
     pub async fn handle<B>(
         self: Arc<Self>,

@@ -788,7 +788,7 @@ impl Ctx<'_> {
             if s.integration(&id).is_some() {
                 return Err(ApiError::internal("integration id collision; retry"));
             }
-            s.integrations.push(integration);
+            s.integrations.push(integration.clone());
             let i = s.integration(&id).expect("just inserted");
             Ok(integration_view(s, i))
         })?;
@@ -820,16 +820,16 @@ impl Ctx<'_> {
             if req.promote_next_auth_token {
                 promote_next_auth_token(i, self.store.master_key())?;
             }
-            if let Some(name) = req.name {
+            if let Some(name) = req.name.clone() {
                 i.name = name;
             }
-            if let Some(notes) = req.notes {
+            if let Some(notes) = req.notes.clone() {
                 i.notes = notes.unwrap_or_default();
             }
-            if let Some(sealed) = auth_token {
+            if let Some(sealed) = auth_token.clone() {
                 i.auth_token = sealed;
             }
-            if let Some(next) = next_auth_token {
+            if let Some(next) = next_auth_token.clone() {
                 i.next_auth_token = next;
             }
             if let Some(status) = req.status {

@@ -17,6 +17,8 @@ pub enum Source {
     Admin,
     /// An external edit of the watched state file.
     File,
+    /// A record of the fleet's KV bucket, written by another instance or a tool.
+    Kv,
 }
 
 /// Whether the change became live.

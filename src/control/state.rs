@@ -196,6 +196,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The invariants of one integration on its own (the fleet store checks each KV record).
+pub fn check_integration(i: &Integration) -> Result<(), StateError> {
+    if i.id.is_empty() || i.org.is_empty() {
+        return Err(StateError::Invalid(format!(
+            "integration {:?}: id and org must be set",
+            i.id
+        )));
+    }
+    if !is_account_sid(&i.account_sid) {
+        return Err(StateError::Invalid(format!(
+            "integration {}: account_sid {:?} is not AC followed by 32 hex digits",
+            i.id, i.account_sid
+        )));
+    }
+    Ok(())
+}
+
+/// The invariants of one number on its own: sender ID format, queue name, short-code compliance.
+pub fn check_number(n: &Number) -> Result<(), StateError> {
+    let bad = |m: String| Err(StateError::Invalid(m));
+    let format_ok = match n.kind {
+        NumberType::ShortCode => is_short_code(&n.sender_id),
+        _ => is_e164(&n.sender_id),
+    };
+    if !format_ok {
+        return bad(format!(
+            "number {}: sender_id is not valid for type {:?}",
+            n.sender_id, n.kind
+        ));
+    }
+    if !is_queue_name(&n.queue) {
+        return bad(format!(
+            "number {}: queue {:?} must be 1-64 of [A-Za-z0-9_-]",
+            n.sender_id, n.queue
+        ));
+    }
+    if n.kind == NumberType::ShortCode
+        && !n.compliance.as_ref().is_some_and(Compliance::is_complete)
+    {
+        return bad(format!(
+            "number {}: short code without complete compliance",
+            n.sender_id
+        ));
+    }
+    Ok(())
+}
+
 impl State {
     /// Reads and validates a state file; a missing file is an empty state.
     pub fn load(path: &Path) -> Result<State, StateError> {
@@ -251,15 +298,7 @@ impl State {
         let bad = |m: String| Err(StateError::Invalid(m));
         let mut integrations: HashMap<&str, &Integration> = HashMap::new();
         for i in &self.integrations {
-            if i.id.is_empty() || i.org.is_empty() {
-                return bad(format!("integration {:?}: id and org must be set", i.id));
-            }
-            if !is_account_sid(&i.account_sid) {
-                return bad(format!(
-                    "integration {}: account_sid {:?} is not AC followed by 32 hex digits",
-                    i.id, i.account_sid
-                ));
-            }
+            check_integration(i)?;
             if integrations.insert(&i.id, i).is_some() {
                 return bad(format!("integration id {} appears twice", i.id));
             }
@@ -275,30 +314,7 @@ impl State {
                     n.sender_id, n.integration_id
                 ));
             };
-            let format_ok = match n.kind {
-                NumberType::ShortCode => is_short_code(&n.sender_id),
-                _ => is_e164(&n.sender_id),
-            };
-            if !format_ok {
-                return bad(format!(
-                    "number {}: sender_id is not valid for type {:?}",
-                    n.sender_id, n.kind
-                ));
-            }
-            if !is_queue_name(&n.queue) {
-                return bad(format!(
-                    "number {}: queue {:?} must be 1-64 of [A-Za-z0-9_-]",
-                    n.sender_id, n.queue
-                ));
-            }
-            if n.kind == NumberType::ShortCode
-                && !n.compliance.as_ref().is_some_and(Compliance::is_complete)
-            {
-                return bad(format!(
-                    "number {}: short code without complete compliance",
-                    n.sender_id
-                ));
-            }
+            check_number(n)?;
             if integ.status == IntegrationStatus::Inactive && n.status == NumberStatus::Active {
                 return bad(format!(
                     "number {} is active but its integration {} is inactive",

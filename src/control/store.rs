@@ -3,19 +3,34 @@
 //! atomically and only then makes the new state live. Any failure changes nothing.
 //! External edits of the file come in through `sync_with_file` (the watcher calls it,
 //! and so does `apply` before every change), under the same lock.
+//!
+//! Two storages sit behind the same API: the state file (`open`), and for a fleet a NATS
+//! KV bucket (`open_kv`, see `control::kv`), where `apply` writes only the records the
+//! change touched, each with compare-and-set on its revision, refreshes and re-runs the
+//! change on a lost compare-and-set (bounded), and the bucket's watcher feeds other
+//! instances' changes in through `kv_ingest` / `kv_replace`.
 
 use super::admin::ApiError;
 use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
+use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
 use super::state::{write_atomic, State, StateError};
 use super::watch::{decide, fingerprint, parse_external, Decision, FileMark, ReloadError};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// Prepares the data plane for a new state; the closure it returns makes that state live.
 pub type Publisher = Arc<dyn Fn(&State) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
+
+/// Told `false` while the KV store reloads its bucket and `true` once it is current again,
+/// so `/readyz` is 503 meanwhile.
+pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// Tries of a KV change whose compare-and-set keeps losing before it is answered 409.
+pub const CAS_ATTEMPTS: u32 = 10;
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -26,22 +41,33 @@ pub enum StoreError {
     /// The data plane refused the loaded state.
     #[error("data plane refused the state: {0}")]
     Publish(String),
+    /// The bucket's records, taken together, break an invariant.
+    #[error("the KV bucket's state is invalid: {0}")]
+    Kv(String),
 }
 
 /// Owns the current state, its file, the master key and the way to publish changes.
 pub struct ControlStore {
     state: Mutex<Current>,
     path: PathBuf,
+    /// The fleet's bucket; `None` for the state file.
+    kv: Option<Arc<KvBackend>>,
     key: Arc<MasterKey>,
     publisher: Publisher,
     in_flight: Arc<Mutex<HashSet<String>>>,
     audit: AuditLog,
+    readiness: Option<Readiness>,
 }
 
-/// The serving state and what the store knows of the file it came from.
+/// The serving state and what the store knows of where it came from.
 struct Current {
     state: State,
+    /// The state file's content the store wrote or adopted (file storage).
     file: FileMark,
+    /// The bucket as last seen, which `state` is served from (KV storage).
+    mirror: Mirror,
+    /// False while the KV store reloads its bucket; changes are refused meanwhile.
+    synced: bool,
 }
 
 thread_local! {
@@ -110,13 +136,69 @@ impl ControlStore {
             rejected: None,
         };
         Ok(ControlStore {
-            state: Mutex::new(Current { state, file }),
+            state: Mutex::new(Current {
+                state,
+                file,
+                mirror: Mirror::default(),
+                synced: true,
+            }),
             path,
+            kv: None,
             key: master_key,
             publisher,
             in_flight: Arc::default(),
             audit: AuditLog::disabled(),
+            readiness: None,
         })
+    }
+
+    /// Serves the records of a KV bucket (`changes`: the whole bucket as `KvBackend::load`
+    /// read it) and writes changes back to it; refused records are reported and left out.
+    pub fn open_kv(
+        backend: Arc<KvBackend>,
+        changes: &[Change],
+        master_key: Arc<MasterKey>,
+        publisher: Publisher,
+    ) -> Result<Self, StoreError> {
+        let store = ControlStore {
+            state: Mutex::new(Current {
+                state: State::default(),
+                file: FileMark::default(),
+                mirror: Mirror::default(),
+                synced: true,
+            }),
+            path: PathBuf::new(),
+            kv: Some(backend),
+            key: master_key,
+            publisher,
+            in_flight: Arc::default(),
+            audit: AuditLog::disabled(),
+            readiness: None,
+        };
+        {
+            let mut current = lock(&store.state);
+            store.absorb(&mut current.mirror, changes);
+            let (state, tolerated) = current.mirror.state();
+            report_tolerated(tolerated);
+            state
+                .validate()
+                .map_err(|e| StoreError::Kv(e.to_string()))?;
+            let commit = (store.publisher)(&state).map_err(StoreError::Publish)?;
+            commit();
+            current.state = state;
+        }
+        Ok(store)
+    }
+
+    /// Tells `readiness` when the KV store starts and ends reloading its bucket.
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = Some(readiness);
+        self
+    }
+
+    /// The fleet's bucket, when this store keeps its records in NATS KV.
+    pub fn kv_backend(&self) -> Option<&Arc<KvBackend>> {
+        self.kv.as_ref()
     }
 
     /// Records every change (admin and file) in this audit log from now on.
@@ -151,12 +233,16 @@ impl ControlStore {
     }
 
     /// Runs `change` on a copy of the state and, if it succeeds and the result is valid,
-    /// publishes, saves and swaps it in; on any error nothing changes anywhere.
+    /// publishes, saves and swaps it in; on any error nothing changes anywhere. With KV
+    /// storage `change` may run again on refreshed records after a lost compare-and-set.
     pub fn apply<T>(
         &self,
-        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+        mut change: impl FnMut(&mut State) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let result = self.apply_inner(change);
+        let result = match &self.kv {
+            Some(kv) => self.apply_kv(kv, &mut change),
+            None => self.apply_inner(change),
+        };
         let label = if result.is_ok() {
             "accepted"
         } else {
@@ -169,7 +255,7 @@ impl ControlStore {
 
     fn apply_inner<T>(
         &self,
-        change: impl FnOnce(&mut State) -> Result<T, ApiError>,
+        mut change: impl FnMut(&mut State) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
         let mut current = lock(&self.state);
         // An external edit not yet picked up by the watcher is adopted (or rejected) first,
@@ -199,11 +285,17 @@ impl ControlStore {
     /// wrote or loaded (or an edit already rejected); else the edit is validated whole and
     /// swapped in, or rejected with a log line, metric and audit line. `None`: no edit.
     pub fn sync_with_file(&self) -> Option<Result<u64, ReloadError>> {
+        if self.kv.is_some() {
+            return None;
+        }
         let mut current = lock(&self.state);
         self.sync_locked(&mut current)
     }
 
     fn sync_locked(&self, current: &mut Current) -> Option<Result<u64, ReloadError>> {
+        if self.kv.is_some() {
+            return None;
+        }
         let result = match State::read_bytes(&self.path) {
             Err(e) => Err(ReloadError::from_read(e)),
             Ok(bytes) => {
@@ -290,6 +382,234 @@ impl ControlStore {
     }
 }
 
+/// KV storage: compare-and-set writes from `apply`, and the watcher's way in.
+impl ControlStore {
+    /// Runs the change until its writes land, re-running it on refreshed records after a
+    /// lost compare-and-set; 409 `conflict` after `CAS_ATTEMPTS` losses in a row.
+    fn apply_kv<T>(
+        &self,
+        kv: &KvBackend,
+        change: &mut impl FnMut(&mut State) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        for attempt in 1..=CAS_ATTEMPTS {
+            if let Some(out) = self.try_apply_kv(kv, change)? {
+                return Ok(out);
+            }
+            metrics::counter!("sms_ingress_control_kv_cas_conflicts_total").increment(1);
+            std::thread::sleep(backoff(attempt));
+        }
+        Err(ApiError::new(
+            http::StatusCode::CONFLICT,
+            "conflict",
+            format!("the records changed concurrently {CAS_ATTEMPTS} times in a row; retry"),
+        ))
+    }
+
+    /// One try: `None` when a compare-and-set was lost (the touched keys are re-read first).
+    fn try_apply_kv<T>(
+        &self,
+        kv: &KvBackend,
+        change: &mut impl FnMut(&mut State) -> Result<T, ApiError>,
+    ) -> Result<Option<T>, ApiError> {
+        let mut current = lock(&self.state);
+        if !current.synced {
+            return Err(unavailable("the control plane is reloading its KV bucket"));
+        }
+        let mut next = current.state.clone();
+        let out = change(&mut next)?;
+        next.validate().map_err(|e| ApiError::state_invalid(&e))?;
+        // Proves the data plane can serve the result before anything is written.
+        drop((self.publisher)(&next).map_err(|e| ApiError::publish_failed(&e))?);
+        let ops = plan(&current.state, &next);
+        let written = kv.write(&ops, &mut current.mirror);
+        if !ops.is_empty() {
+            self.serve_mirror(&mut current);
+        }
+        match written {
+            Ok(_) => {
+                LAST_APPLIED.with(|v| v.set(current.state.version));
+                Ok(Some(out))
+            }
+            Err(KvError::Conflict(key)) => {
+                tracing::debug!(
+                    key,
+                    "control: compare-and-set lost; re-reading and re-running"
+                );
+                let keys: Vec<&str> = ops.iter().map(|o| o.key()).collect();
+                let fresh = kv.read(&keys).map_err(|e| kv_failed(&e))?;
+                if self.absorb(&mut current.mirror, &fresh) > 0 {
+                    self.serve_mirror(&mut current);
+                }
+                Ok(None)
+            }
+            Err(e) => Err(kv_failed(&e)),
+        }
+    }
+
+    /// Applies entries to the mirror, reporting each refused one; how many were new.
+    fn absorb(&self, mirror: &mut Mirror, changes: &[Change]) -> usize {
+        let mut fresh = 0;
+        for change in changes {
+            match mirror.apply(change) {
+                Ok(new) => fresh += usize::from(new),
+                Err(e) => {
+                    fresh += 1;
+                    self.report_kv(
+                        &change.key,
+                        Err(&e.to_string()),
+                        e.code(),
+                        mirror.last_revision(),
+                    );
+                }
+            }
+        }
+        fresh
+    }
+
+    /// Serves the mirror's state if it is valid and the data plane takes it; else the
+    /// previous snapshot keeps serving (logged, counted, audited).
+    fn serve_mirror(&self, current: &mut Current) -> bool {
+        let (next, tolerated) = current.mirror.state();
+        report_tolerated(tolerated);
+        let prepared = next
+            .validate()
+            .map_err(|e| ("state_invalid", e.to_string()))
+            .and_then(|()| (self.publisher)(&next).map_err(|e| ("publish_failed", e)));
+        match prepared {
+            Ok(commit) => {
+                commit();
+                current.state = next;
+                true
+            }
+            Err((code, reason)) => {
+                let version = current.state.version;
+                self.report_kv("-", Err(&reason), code, version);
+                false
+            }
+        }
+    }
+
+    /// The watcher's entries (other instances' changes, and echoes of ours): applied to the
+    /// mirror, then the whole state is validated and served, or refused whole.
+    pub fn kv_ingest(&self, changes: Vec<Change>) {
+        let mut current = lock(&self.state);
+        if self.absorb(&mut current.mirror, &changes) == 0 {
+            return;
+        }
+        if self.serve_mirror(&mut current) {
+            let version = current.state.version;
+            self.report_kv("-", Ok(changes.len()), "ok", version);
+        }
+    }
+
+    /// The watch failed or the connection dropped: refuse changes and report not ready
+    /// until `kv_replace` has loaded the whole bucket again.
+    pub fn kv_unsynced(&self) {
+        lock(&self.state).synced = false;
+        metrics::gauge!("sms_ingress_control_kv_synced").set(0.0);
+        if let Some(ready) = &self.readiness {
+            ready(false);
+        }
+    }
+
+    /// The whole bucket, loaded again: it replaces the mirror, is served if valid, and the
+    /// store is ready again.
+    pub fn kv_replace(&self, changes: Vec<Change>) {
+        let mut mirror = Mirror::default();
+        self.absorb(&mut mirror, &changes);
+        let mut current = lock(&self.state);
+        current.mirror = mirror;
+        self.serve_mirror(&mut current);
+        current.synced = true;
+        metrics::counter!("sms_ingress_control_kv_reloads_total").increment(1);
+        metrics::gauge!("sms_ingress_control_kv_synced").set(1.0);
+        tracing::info!(
+            version = current.state.version,
+            records = changes.len(),
+            "control: KV bucket reloaded whole"
+        );
+        if let Some(ready) = &self.readiness {
+            ready(true);
+        }
+    }
+
+    /// One log line, metric and (for refusals) audit line per judged KV change.
+    fn report_kv(&self, target: &str, result: Result<usize, &str>, code: &str, version: u64) {
+        let label = if result.is_ok() {
+            "accepted"
+        } else {
+            "rejected"
+        };
+        metrics::counter!("sms_ingress_control_updates_total", "source" => "kv", "result" => label)
+            .increment(1);
+        let reason = match result {
+            Ok(entries) => {
+                tracing::debug!(entries, version, "control: KV changes applied");
+                return;
+            }
+            Err(reason) => reason,
+        };
+        tracing::warn!(
+            key = target,
+            code,
+            reason,
+            version,
+            "control: KV change refused; the previous snapshot keeps serving"
+        );
+        self.audit.record(&audit::Entry {
+            source: audit::Source::Kv,
+            org: None,
+            token_id: None,
+            action: "kv.change",
+            target,
+            result: audit::Outcome::Rejected,
+            code: Some(code),
+            reason: Some(reason),
+            state_version: version,
+        });
+    }
+}
+
+/// Records left out or changed because writers raced across records (see `kv::Mirror::state`).
+fn report_tolerated(t: Tolerated) {
+    metrics::gauge!("sms_ingress_control_kv_tolerated", "reason" => "orphan_number")
+        .set(t.orphan_numbers as f64);
+    metrics::gauge!("sms_ingress_control_kv_tolerated", "reason" => "active_under_inactive")
+        .set(t.active_under_inactive as f64);
+    if t != Tolerated::default() {
+        tracing::warn!(
+            orphan_numbers = t.orphan_numbers,
+            active_under_inactive = t.active_under_inactive,
+            "control: concurrent writers left records that are served tolerantly"
+        );
+    }
+}
+
+/// Pause before re-running a change whose compare-and-set was lost: grows, with jitter so
+/// two instances racing on one key do not collide again in lock-step.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 10_000_000)
+        .unwrap_or(0);
+    Duration::from_millis(u64::from(attempt * attempt) * 2)
+        + Duration::from_nanos(u64::from(jitter))
+}
+
+fn unavailable(message: &str) -> ApiError {
+    ApiError::new(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        message,
+    )
+}
+
+/// The bucket could not be read or written; details in the log, not the response.
+fn kv_failed(e: &KvError) -> ApiError {
+    tracing::error!(error = %e, "control: KV write failed");
+    unavailable("the KV bucket could not be written; retry")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,7 +663,7 @@ mod tests {
         let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
         store
             .apply(|s| {
-                s.integrations.push(integration("int-1", sealed));
+                s.integrations.push(integration("int-1", sealed.clone()));
                 Ok(())
             })
             .unwrap();
@@ -408,7 +728,7 @@ mod tests {
         let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
         store
             .apply(|s| {
-                s.integrations.push(integration("int-1", sealed));
+                s.integrations.push(integration("int-1", sealed.clone()));
                 Ok(())
             })
             .unwrap();

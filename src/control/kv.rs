@@ -1,0 +1,1016 @@
+//! The fleet's control-plane storage (`control.store = "nats_kv"`): the same records as the
+//! state file, one JetStream KV key per record, that every instance watches and the admin
+//! API of any instance writes with compare-and-set. This file holds the pure half (key
+//! escaping, record codec, the `Mirror` of the bucket and the tolerant view served from it,
+//! the ordered write plan of a change) and the I/O half (`KvBackend`: connect, load the
+//! whole bucket, CAS writes, and the watcher thread that keeps the store current and
+//! reloads everything after a reconnect). `ControlStore` decides; this module talks to NATS.
+//!
+//! Keys: `integration.<id>` and `number.<sender id>`, each escaped (`escape`) so that only
+//! `[A-Za-z0-9-]` stays as is and any other byte becomes `_XX` (`+` → `_2B`): KV keys
+//! allow neither `+` nor `%`. Values: the state file's JSON of that one record; Auth Tokens
+//! stay sealed under the fleet's master key.
+
+use super::state::{
+    check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, State,
+};
+use super::store::ControlStore;
+use crate::config::NatsKvConfig;
+use async_nats::jetstream::{self, context::PublishErrorKind, kv};
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Handle;
+
+/// Key prefix of integration records.
+pub const INTEGRATION_PREFIX: &str = "integration.";
+/// Key prefix of number records.
+pub const NUMBER_PREFIX: &str = "number.";
+/// Most watch entries folded into one snapshot rebuild.
+const MAX_BATCH: usize = 4096;
+/// How often the watcher looks at the connection while no entry arrives.
+const POLL: Duration = Duration::from_millis(500);
+/// Longest pause between two reload attempts while NATS is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// JetStream's rule for bucket names, kept stricter: 1-64 of `[A-Za-z0-9_-]`.
+pub fn valid_bucket_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Escapes an id or sender ID into one KV key token: `[A-Za-z0-9-]` kept, any other byte `_XX`.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("_{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Reverses `escape`; `None` for anything `escape` cannot have produced.
+pub fn unescape(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'_' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b == b'-' => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The key of an integration record.
+pub fn integration_key(id: &str) -> String {
+    format!("{INTEGRATION_PREFIX}{}", escape(id))
+}
+
+/// The key of a number record.
+pub fn number_key(sender_id: &str) -> String {
+    format!("{NUMBER_PREFIX}{}", escape(sender_id))
+}
+
+/// What a key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyName {
+    Integration(String),
+    Number(String),
+}
+
+fn key_name(key: &str) -> Option<KeyName> {
+    if let Some(rest) = key.strip_prefix(INTEGRATION_PREFIX) {
+        return unescape(rest).map(KeyName::Integration);
+    }
+    key.strip_prefix(NUMBER_PREFIX)
+        .and_then(unescape)
+        .map(KeyName::Number)
+}
+
+/// Why one KV entry was refused; the key keeps its previous record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not `integration.<escaped>` or `number.<escaped>`.
+    #[error("key {0:?} names no record of this service")]
+    UnknownKey(String),
+    /// Not the JSON of a record (message redacted of quoted values).
+    #[error("key {key}: not valid JSON for the record: {reason}")]
+    Json { key: String, reason: String },
+    /// The record's id is not the one its key names.
+    #[error("key {0}: the record's id does not match the key")]
+    KeyMismatch(String),
+    /// The record breaks an invariant of its own (account SID, sender ID, queue, compliance).
+    #[error("key {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl RecordError {
+    /// The machine-readable code for logs and audit lines.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RecordError::UnknownKey(_) => "unknown_key",
+            RecordError::Json { .. } => "parse_error",
+            RecordError::KeyMismatch(_) => "key_mismatch",
+            RecordError::Invalid { .. } => "state_invalid",
+        }
+    }
+}
+
+/// One entry of the bucket as seen by a watch or a read: `None` value = deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The KV key.
+    pub key: String,
+    /// The entry's revision (its stream sequence).
+    pub revision: u64,
+    /// The value of a put; `None` for a delete or purge.
+    pub value: Option<Bytes>,
+}
+
+impl Change {
+    fn from_entry(e: kv::Entry) -> Change {
+        let value = (e.operation == kv::Operation::Put).then_some(e.value);
+        Change {
+            key: e.key,
+            revision: e.revision,
+            value,
+        }
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, RecordError> {
+    serde_json::from_slice(value).map_err(|e| RecordError::Json {
+        key: key.to_string(),
+        reason: super::audit::redact_quoted(&e.to_string()),
+    })
+}
+
+fn invalid(key: &str, e: super::state::StateError) -> RecordError {
+    RecordError::Invalid {
+        key: key.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The bucket as this instance knows it: the last accepted record of every key, and the
+/// last revision of every key (refused values and deletes included) for compare-and-set.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    integrations: BTreeMap<String, Integration>,
+    numbers: BTreeMap<String, Number>,
+    revisions: HashMap<String, u64>,
+    last_revision: u64,
+}
+
+/// What the served view left out or changed because concurrent writers raced across records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tolerated {
+    /// Numbers whose integration is gone: not served (webhooks answer as unknown numbers).
+    pub orphan_numbers: usize,
+    /// Active numbers of an inactive integration: served as disabled (dead-lettered).
+    pub active_under_inactive: usize,
+}
+
+impl Mirror {
+    /// The revision a compare-and-set on `key` expects; 0 means "never written".
+    pub fn revision(&self, key: &str) -> u64 {
+        self.revisions.get(key).copied().unwrap_or(0)
+    }
+
+    /// The highest revision applied: the served state's version.
+    pub fn last_revision(&self) -> u64 {
+        self.last_revision
+    }
+
+    /// Applies one entry. `Ok(false)`: already known (an echo of our own write, or older).
+    /// `Err`: the value is refused; its revision is still recorded so an admin can overwrite it.
+    pub fn apply(&mut self, change: &Change) -> Result<bool, RecordError> {
+        if self.revision(&change.key) >= change.revision {
+            return Ok(false);
+        }
+        self.revisions.insert(change.key.clone(), change.revision);
+        self.last_revision = self.last_revision.max(change.revision);
+        let name =
+            key_name(&change.key).ok_or_else(|| RecordError::UnknownKey(change.key.clone()))?;
+        let Some(value) = &change.value else {
+            match name {
+                KeyName::Integration(id) => {
+                    self.integrations.remove(&id);
+                }
+                KeyName::Number(sid) => {
+                    self.numbers.remove(&sid);
+                }
+            }
+            return Ok(true);
+        };
+        match name {
+            KeyName::Integration(id) => {
+                let i: Integration = parse_json(&change.key, value)?;
+                if i.id != id {
+                    return Err(RecordError::KeyMismatch(change.key.clone()));
+                }
+                check_integration(&i).map_err(|e| invalid(&change.key, e))?;
+                self.integrations.insert(id, i);
+            }
+            KeyName::Number(sid) => {
+                let n: Number = parse_json(&change.key, value)?;
+                if n.sender_id != sid {
+                    return Err(RecordError::KeyMismatch(change.key.clone()));
+                }
+                check_number(&n).map_err(|e| invalid(&change.key, e))?;
+                self.numbers.insert(sid, n);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The state to serve: every record, except that a number whose integration is gone is
+    /// left out and an active number of an inactive integration is served disabled.
+    pub fn state(&self) -> (State, Tolerated) {
+        let mut tolerated = Tolerated::default();
+        let mut numbers = Vec::with_capacity(self.numbers.len());
+        for n in self.numbers.values() {
+            let Some(i) = self.integrations.get(&n.integration_id) else {
+                tolerated.orphan_numbers += 1;
+                continue;
+            };
+            let mut n = n.clone();
+            if i.status == IntegrationStatus::Inactive && n.status == NumberStatus::Active {
+                n.status = NumberStatus::Disabled;
+                tolerated.active_under_inactive += 1;
+            }
+            numbers.push(n);
+        }
+        let state = State {
+            version: self.last_revision,
+            integrations: self.integrations.values().cloned().collect(),
+            numbers,
+        };
+        (state, tolerated)
+    }
+}
+
+/// One write of a change: put a record's JSON, or delete a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create or replace the record under `key` with this JSON.
+    Put { key: String, value: Bytes },
+    /// Delete `key`.
+    Delete { key: String },
+}
+
+impl Op {
+    /// The key the op writes.
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+fn put<T: serde::Serialize>(key: String, record: &T) -> Op {
+    let value = serde_json::to_vec(record).expect("records serialise");
+    Op::Put {
+        key,
+        value: Bytes::from(value),
+    }
+}
+
+/// The writes that turn `old` into `new`, ordered so that every prefix leaves a valid state
+/// (if `old` and `new` are): integrations created or ending active first, then numbers
+/// deleted or ending not active, then numbers ending active, then integrations ending
+/// inactive, then integrations deleted. So a deactivation disables the numbers before the
+/// integration, a reactivation activates the integration before its numbers, and a delete
+/// removes the numbers before their integration.
+pub fn plan(old: &State, new: &State) -> Vec<Op> {
+    let old_i: HashMap<&str, &Integration> = old
+        .integrations
+        .iter()
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    let new_i: HashMap<&str, &Integration> = new
+        .integrations
+        .iter()
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    let old_n: HashMap<&str, &Number> = old
+        .numbers
+        .iter()
+        .map(|n| (n.sender_id.as_str(), n))
+        .collect();
+    let new_n: HashMap<&str, &Number> = new
+        .numbers
+        .iter()
+        .map(|n| (n.sender_id.as_str(), n))
+        .collect();
+    let changed_i: Vec<&Integration> = new
+        .integrations
+        .iter()
+        .filter(|i| old_i.get(i.id.as_str()) != Some(i))
+        .collect();
+    let changed_n: Vec<&Number> = new
+        .numbers
+        .iter()
+        .filter(|n| old_n.get(n.sender_id.as_str()) != Some(n))
+        .collect();
+    let ends_active = |n: &&&Number| n.status == NumberStatus::Active;
+    let is_new = |i: &&&Integration| !old_i.contains_key(i.id.as_str());
+    let mut ops = Vec::new();
+    ops.extend(
+        changed_i
+            .iter()
+            .filter(|i| is_new(i) || i.status == IntegrationStatus::Active)
+            .map(|i| put(integration_key(&i.id), *i)),
+    );
+    ops.extend(
+        old.numbers
+            .iter()
+            .filter(|n| !new_n.contains_key(n.sender_id.as_str()))
+            .map(|n| Op::Delete {
+                key: number_key(&n.sender_id),
+            }),
+    );
+    ops.extend(
+        changed_n
+            .iter()
+            .filter(|n| !ends_active(n))
+            .map(|n| put(number_key(&n.sender_id), *n)),
+    );
+    ops.extend(
+        changed_n
+            .iter()
+            .filter(ends_active)
+            .map(|n| put(number_key(&n.sender_id), *n)),
+    );
+    ops.extend(
+        changed_i
+            .iter()
+            .filter(|i| !is_new(i) && i.status == IntegrationStatus::Inactive)
+            .map(|i| put(integration_key(&i.id), *i)),
+    );
+    ops.extend(
+        old.integrations
+            .iter()
+            .filter(|i| !new_i.contains_key(i.id.as_str()))
+            .map(|i| Op::Delete {
+                key: integration_key(&i.id),
+            }),
+    );
+    ops
+}
+
+/// Why the bucket could not be reached, loaded or written; each says what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// The `.creds` file cannot be read.
+    #[error("control.nats_kv.credentials_file {path}: {source}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configured URL does not parse.
+    #[error("control.nats_kv.servers: {0:?} is not a NATS server address")]
+    BadServer(String),
+    /// No server answered within the connect timeout.
+    #[error("cannot connect to NATS at {servers} (control.nats_kv.servers): {source}")]
+    Connect {
+        servers: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The bucket can neither be found nor created.
+    #[error("KV bucket {bucket}: {detail}")]
+    Bucket { bucket: String, detail: String },
+    /// Reading the bucket (whole, or some keys) failed.
+    #[error("loading KV bucket {bucket}: {detail}")]
+    Load { bucket: String, detail: String },
+    /// Someone else wrote the key since this instance last saw it.
+    #[error("key {0} changed concurrently (compare-and-set lost)")]
+    Conflict(String),
+    /// A write failed for another reason than a lost compare-and-set.
+    #[error("writing key {key}: {detail}")]
+    Write { key: String, detail: String },
+    /// NATS did not answer in time.
+    #[error("KV request did not complete within {0:?} (control.nats_kv.request_timeout_ms)")]
+    Timeout(Duration),
+}
+
+/// The connected client and the bucket; shared by the store (writes) and the watcher.
+pub struct KvBackend {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: kv::Store,
+    bucket: String,
+    timeout: Duration,
+    handle: Handle,
+    /// Bumped at every disconnect; the watcher reloads the bucket when it moved.
+    disconnects: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for KvBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvBackend")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KvBackend {
+    /// Connects and opens (or creates) the bucket; must run inside the server's runtime.
+    pub async fn connect(cfg: &NatsKvConfig) -> Result<KvBackend, KvError> {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|s| s.parse().map_err(|_| KvError::BadServer(s.clone())))
+            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let client = connect_options(cfg, disconnects.clone())
+            .await?
+            .connect(servers)
+            .await
+            .map_err(|source| KvError::Connect {
+                servers: cfg.servers.join(","),
+                source,
+            })?;
+        let timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .build(client.clone());
+        let store = open_bucket(&js, cfg).await?;
+        Ok(KvBackend {
+            client,
+            js,
+            store,
+            bucket: cfg.bucket.clone(),
+            timeout,
+            handle: Handle::current(),
+            disconnects,
+        })
+    }
+
+    /// Whether the client is connected right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn load_error(&self, e: impl std::fmt::Display) -> KvError {
+        KvError::Load {
+            bucket: self.bucket.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Reads the whole bucket (the last entry of every key, deletes included) through a
+    /// watch that then stays open for what comes next.
+    pub async fn load(&self) -> Result<(Vec<Change>, kv::Watch), KvError> {
+        let mut stream = self.store.stream.clone();
+        let present = stream
+            .info()
+            .await
+            .map_err(|e| self.load_error(e))?
+            .state
+            .messages;
+        let mut watch = self
+            .store
+            .watch_with_history(">")
+            .await
+            .map_err(|e| self.load_error(e))?;
+        let changes = match present {
+            0 => Vec::new(),
+            _ => self.read_until_current(&mut watch).await?,
+        };
+        Ok((changes, watch))
+    }
+
+    /// Entries of a watch with history until the one the bucket had last when it began.
+    async fn read_until_current(&self, watch: &mut kv::Watch) -> Result<Vec<Change>, KvError> {
+        let mut changes = Vec::new();
+        loop {
+            let entry = tokio::time::timeout(self.timeout, watch.next())
+                .await
+                .map_err(|_| KvError::Timeout(self.timeout))?
+                .ok_or_else(|| self.load_error("the watch ended during the load"))?
+                .map_err(|e| self.load_error(e))?;
+            let caught_up = entry.delta == 0;
+            changes.push(Change::from_entry(entry));
+            if caught_up {
+                return Ok(changes);
+            }
+        }
+    }
+
+    /// Runs the writes in order, each a compare-and-set on the key's revision in `mirror`,
+    /// recording each accepted write in `mirror`. Stops at the first failure (earlier writes
+    /// stay: the plan keeps every prefix valid). Blocking: call from a blocking thread.
+    pub fn write(&self, ops: &[Op], mirror: &mut Mirror) -> Result<u64, KvError> {
+        let mut last = mirror.last_revision();
+        for op in ops {
+            let expected = mirror.revision(op.key());
+            let revision = self.block_on(self.write_one(op, expected))?;
+            let value = match op {
+                Op::Put { value, .. } => Some(value.clone()),
+                Op::Delete { .. } => None,
+            };
+            let change = Change {
+                key: op.key().to_string(),
+                revision,
+                value,
+            };
+            // Our own record passed validation before it was written.
+            let _ = mirror.apply(&change);
+            last = revision;
+        }
+        Ok(last)
+    }
+
+    async fn write_one(&self, op: &Op, expected: u64) -> Result<u64, KvError> {
+        let key = op.key();
+        let subject = format!("{}{key}", self.store.prefix);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            async_nats::HeaderValue::from(expected),
+        );
+        let payload = match op {
+            Op::Put { value, .. } => value.clone(),
+            Op::Delete { .. } => {
+                headers.insert("KV-Operation", "DEL");
+                Bytes::new()
+            }
+        };
+        let write_error = |detail: String| KvError::Write {
+            key: key.to_string(),
+            detail,
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| write_error(e.to_string()))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(KvError::Conflict(key.to_string()))
+            }
+            Err(e) => Err(write_error(e.to_string())),
+        }
+    }
+
+    /// Reads the current entry of each key (after a lost compare-and-set). Blocking.
+    pub fn read(&self, keys: &[&str]) -> Result<Vec<Change>, KvError> {
+        self.block_on(async {
+            let mut out = Vec::with_capacity(keys.len());
+            for key in keys {
+                let entry = self
+                    .store
+                    .entry(key.to_string())
+                    .await
+                    .map_err(|e| self.load_error(e))?;
+                out.extend(entry.map(Change::from_entry));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs one request on the server's runtime from a blocking thread, bounded.
+    fn block_on<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, KvError>>,
+    ) -> Result<T, KvError> {
+        self.handle
+            .block_on(async { tokio::time::timeout(self.timeout, f).await })
+            .map_err(|_| KvError::Timeout(self.timeout))?
+    }
+
+    fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::SeqCst)
+    }
+}
+
+/// Client options: name, timeouts, credentials, and a disconnect counter for the watcher.
+async fn connect_options(
+    cfg: &NatsKvConfig,
+    disconnects: Arc<AtomicU64>,
+) -> Result<async_nats::ConnectOptions, KvError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("sms-ingress-control")
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)))
+        .event_callback(move |event| {
+            let disconnects = disconnects.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("control nats: connected"),
+                    async_nats::Event::Disconnected => {
+                        disconnects.fetch_add(1, Ordering::SeqCst);
+                        tracing::warn!("control nats: disconnected; the bucket is reloaded whole after reconnecting")
+                    }
+                    other => tracing::warn!(event = %other, "control nats: connection event"),
+                }
+            }
+        });
+    if let Some(path) = &cfg.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| KvError::Credentials {
+                path: path.display().to_string(),
+                source,
+            })?;
+    }
+    Ok(options)
+}
+
+/// The bucket, created if missing (another instance creating it at the same time is fine).
+async fn open_bucket(js: &jetstream::Context, cfg: &NatsKvConfig) -> Result<kv::Store, KvError> {
+    let bucket_error = |detail: String| KvError::Bucket {
+        bucket: cfg.bucket.clone(),
+        detail,
+    };
+    if let Ok(store) = js.get_key_value(&cfg.bucket).await {
+        tracing::info!(bucket = %cfg.bucket, "control: using existing KV bucket");
+        return Ok(store);
+    }
+    // The stream a KV bucket is, created directly: the client's `create_key_value` first
+    // asks for account info in a shape nats-server 2.9 does not answer with.
+    match js.create_stream(bucket_stream(cfg)).await {
+        Ok(_) => {
+            tracing::info!(bucket = %cfg.bucket, replicas = cfg.replicas, "control: created KV bucket")
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "control: bucket not created; maybe another instance did")
+        }
+    }
+    js.get_key_value(&cfg.bucket)
+        .await
+        .map_err(|e| bucket_error(e.to_string()))
+}
+
+/// The stream behind the bucket, as the NATS KV conventions define it (history 1).
+pub fn bucket_stream(cfg: &NatsKvConfig) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: format!("KV_{}", cfg.bucket),
+        description: Some(
+            "sms-ingress control plane (integration.<id>, number.<sender id>)".into(),
+        ),
+        subjects: vec![format!("$KV.{}.>", cfg.bucket)],
+        max_messages_per_subject: 1,
+        max_messages: -1,
+        max_bytes: -1,
+        max_message_size: -1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// Starts the thread that feeds the bucket's changes into the store, and reloads the whole
+/// bucket (with `/readyz` at 503 meanwhile) when the watch fails or the connection dropped.
+pub fn spawn_watcher(
+    store: Arc<ControlStore>,
+    backend: Arc<KvBackend>,
+    watch: kv::Watch,
+) -> std::io::Result<()> {
+    let handle = backend.handle.clone();
+    std::thread::Builder::new()
+        .name("kv-watch".into())
+        .spawn(move || handle.block_on(watch_loop(store, backend, watch)))?;
+    Ok(())
+}
+
+async fn watch_loop(store: Arc<ControlStore>, backend: Arc<KvBackend>, watch: kv::Watch) {
+    let mut watch = watch;
+    let mut seen = backend.disconnects();
+    loop {
+        let healthy = match tokio::time::timeout(POLL, watch.next()).await {
+            Ok(Some(Ok(entry))) => {
+                store.kv_ingest(drain(Change::from_entry(entry), &mut watch));
+                true
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "control: KV watch failed; reloading the bucket");
+                false
+            }
+            Ok(None) => {
+                tracing::warn!("control: KV watch ended; reloading the bucket");
+                false
+            }
+            Err(_) => backend.disconnects() == seen,
+        };
+        if !healthy {
+            store.kv_unsynced();
+            seen = backend.disconnects();
+            watch = reload(&store, &backend).await;
+        }
+    }
+}
+
+/// The first change and whatever else is already waiting, so a burst is one rebuild.
+fn drain(first: Change, watch: &mut kv::Watch) -> Vec<Change> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match watch.next().now_or_never() {
+            Some(Some(Ok(entry))) => batch.push(Change::from_entry(entry)),
+            _ => break,
+        }
+    }
+    batch
+}
+
+/// Loads the whole bucket again (retrying with backoff while NATS is away) and hands it
+/// to the store; returns the watch that continues from there.
+async fn reload(store: &ControlStore, backend: &KvBackend) -> kv::Watch {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if backend.is_connected() {
+            match backend.load().await {
+                Ok((changes, watch)) => {
+                    store.kv_replace(changes);
+                    return watch;
+                }
+                Err(e) => tracing::warn!(error = %e, "control: KV reload failed; retrying"),
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::crypto::Sealed;
+    use crate::control::state::NumberType;
+
+    fn integration(id: &str, status: IntegrationStatus) -> Integration {
+        Integration {
+            id: id.into(),
+            org: "org-a".into(),
+            name: "n".into(),
+            notes: String::new(),
+            account_sid: format!("AC{}", "a".repeat(32)),
+            auth_token: Sealed {
+                nonce: "n".into(),
+                ciphertext: "c".into(),
+            },
+            next_auth_token: None,
+            status,
+        }
+    }
+
+    fn number(sid: &str, integration: &str, status: NumberStatus) -> Number {
+        Number {
+            sender_id: sid.into(),
+            kind: NumberType::Local,
+            country: "US".into(),
+            integration_id: integration.into(),
+            queue: "q".into(),
+            status,
+            compliance: None,
+        }
+    }
+
+    #[test]
+    fn keys_escape_reversibly_into_kv_key_characters() {
+        assert_eq!(number_key("+14155550100"), "number._2B14155550100");
+        assert_eq!(number_key("12345"), "number.12345");
+        assert_eq!(integration_key("int-0a1b"), "integration.int-0a1b");
+        assert_eq!(escape("a.b_c d"), "a_2Eb_5Fc_20d");
+        for s in ["+14155550100", "int-0a", "a.b_c d/é", "_", ""] {
+            assert_eq!(unescape(&escape(s)).as_deref(), Some(s));
+            assert!(escape(s)
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        }
+        for bad in ["a+b", "_2", "_zz", "a.b", "%2B"] {
+            assert_eq!(unescape(bad), None, "{bad}");
+        }
+        assert_eq!(
+            key_name("number._2B1555"),
+            Some(KeyName::Number("+1555".into()))
+        );
+        assert_eq!(key_name("meta.x"), None);
+        assert!(valid_bucket_name("sms_ingress_state"));
+        assert!(!valid_bucket_name("a.b") && !valid_bucket_name(""));
+    }
+
+    fn put_change(key: String, revision: u64, json: &impl serde::Serialize) -> Change {
+        Change {
+            key,
+            revision,
+            value: Some(Bytes::from(serde_json::to_vec(json).unwrap())),
+        }
+    }
+
+    #[test]
+    fn mirror_applies_in_revision_order_and_refuses_bad_records() {
+        let mut m = Mirror::default();
+        let i = integration("int-1", IntegrationStatus::Active);
+        assert_eq!(
+            m.apply(&put_change(integration_key("int-1"), 1, &i)),
+            Ok(true)
+        );
+        assert_eq!(
+            m.apply(&put_change(integration_key("int-1"), 1, &i)),
+            Ok(false),
+            "echo"
+        );
+        let n = number("+14155550100", "int-1", NumberStatus::Active);
+        assert_eq!(
+            m.apply(&put_change(number_key(&n.sender_id), 2, &n)),
+            Ok(true)
+        );
+        let (s, t) = m.state();
+        assert_eq!(
+            (s.version, s.numbers.len(), t),
+            (2, 1, Tolerated::default())
+        );
+        assert!(s.validate().is_ok());
+
+        // A record under the wrong key, broken JSON, a bad SID: refused, revision kept.
+        let err = m
+            .apply(&put_change(integration_key("int-2"), 3, &i))
+            .unwrap_err();
+        assert_eq!(err.code(), "key_mismatch");
+        let broken = Change {
+            key: integration_key("int-1"),
+            revision: 4,
+            value: Some(Bytes::from_static(b"{\"id\": \"secret\"")),
+        };
+        let err = m.apply(&broken).unwrap_err();
+        assert_eq!(err.code(), "parse_error");
+        assert!(!err.to_string().contains("secret"));
+        assert_eq!(m.revision(&integration_key("int-1")), 4);
+        assert_eq!(m.state().0.integrations[0], i, "previous record kept");
+        let mut bad = i.clone();
+        bad.account_sid = "AC1".into();
+        let err = m
+            .apply(&put_change(integration_key("int-1"), 5, &bad))
+            .unwrap_err();
+        assert_eq!(err.code(), "state_invalid");
+        assert_eq!(
+            m.apply(&put_change("other.x".into(), 6, &i))
+                .unwrap_err()
+                .code(),
+            "unknown_key"
+        );
+
+        // A delete removes the record and remembers the marker's revision.
+        let del = Change {
+            key: number_key("+14155550100"),
+            revision: 7,
+            value: None,
+        };
+        assert_eq!(m.apply(&del), Ok(true));
+        assert!(m.state().0.numbers.is_empty());
+        assert_eq!(m.revision(&number_key("+14155550100")), 7);
+    }
+
+    #[test]
+    fn served_view_tolerates_cross_record_races() {
+        let mut m = Mirror::default();
+        let inactive = integration("int-1", IntegrationStatus::Inactive);
+        m.apply(&put_change(integration_key("int-1"), 1, &inactive))
+            .unwrap();
+        let racing = number("+14155550100", "int-1", NumberStatus::Active);
+        m.apply(&put_change(number_key(&racing.sender_id), 2, &racing))
+            .unwrap();
+        let orphan = number("+14155550101", "int-gone", NumberStatus::Active);
+        m.apply(&put_change(number_key(&orphan.sender_id), 3, &orphan))
+            .unwrap();
+        let (s, t) = m.state();
+        assert_eq!(
+            t,
+            Tolerated {
+                orphan_numbers: 1,
+                active_under_inactive: 1
+            }
+        );
+        assert_eq!(s.numbers.len(), 1);
+        assert_eq!(s.numbers[0].status, NumberStatus::Disabled);
+        assert!(s.validate().is_ok());
+    }
+
+    fn state(integrations: Vec<Integration>, numbers: Vec<Number>) -> State {
+        State {
+            version: 0,
+            integrations,
+            numbers,
+        }
+    }
+
+    /// Applies the plan's writes one by one and checks every intermediate state.
+    fn assert_every_prefix_valid(old: &State, new: &State) -> Vec<String> {
+        let ops = plan(old, new);
+        let mut m = Mirror::default();
+        let mut rev = 0;
+        for i in &old.integrations {
+            rev += 1;
+            m.apply(&put_change(integration_key(&i.id), rev, i))
+                .unwrap();
+        }
+        for n in &old.numbers {
+            rev += 1;
+            m.apply(&put_change(number_key(&n.sender_id), rev, n))
+                .unwrap();
+        }
+        for op in &ops {
+            rev += 1;
+            let value = match op {
+                Op::Put { value, .. } => Some(value.clone()),
+                Op::Delete { .. } => None,
+            };
+            let change = Change {
+                key: op.key().into(),
+                revision: rev,
+                value,
+            };
+            m.apply(&change).unwrap();
+            let (s, t) = m.state();
+            assert_eq!(t, Tolerated::default(), "after {}", op.key());
+            s.validate().unwrap();
+        }
+        let (mut s, _) = m.state();
+        s.version = new.version;
+        let mut want = new.clone();
+        want.integrations.sort_by(|a, b| a.id.cmp(&b.id));
+        want.numbers.sort_by(|a, b| a.sender_id.cmp(&b.sender_id));
+        assert_eq!(s, want);
+        ops.iter().map(|o| o.key().to_string()).collect()
+    }
+
+    #[test]
+    fn plans_keep_every_intermediate_state_valid() {
+        let active = integration("int-1", IntegrationStatus::Active);
+        let inactive = integration("int-1", IntegrationStatus::Inactive);
+        let on = |s| number(s, "int-1", NumberStatus::Active);
+        let off = |s| number(s, "int-1", NumberStatus::Disabled);
+        let a = "+14155550100";
+        let b = "+14155550101";
+        let live = state(vec![active.clone()], vec![on(a), on(b)]);
+        let dead = state(vec![inactive.clone()], vec![off(a), off(b)]);
+
+        let keys = assert_every_prefix_valid(&live, &dead);
+        assert_eq!(
+            keys.last().unwrap(),
+            &integration_key("int-1"),
+            "deactivate: numbers first"
+        );
+        let keys = assert_every_prefix_valid(&dead, &live);
+        assert_eq!(
+            keys[0],
+            integration_key("int-1"),
+            "reactivate: integration first"
+        );
+        let keys = assert_every_prefix_valid(&live, &State::default());
+        assert_eq!(
+            keys.last().unwrap(),
+            &integration_key("int-1"),
+            "delete: numbers first"
+        );
+        let keys = assert_every_prefix_valid(&State::default(), &live);
+        assert_eq!(
+            keys[0],
+            integration_key("int-1"),
+            "create: integration first"
+        );
+        let created_inactive = state(vec![inactive], vec![off(a)]);
+        assert_every_prefix_valid(&State::default(), &created_inactive);
+        let renamed = {
+            let mut s = live.clone();
+            s.integrations[0].name = "x".into();
+            s
+        };
+        assert_eq!(
+            assert_every_prefix_valid(&live, &renamed),
+            vec![integration_key("int-1")]
+        );
+        assert!(plan(&live, &live).is_empty());
+    }
+}
