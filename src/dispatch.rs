@@ -30,6 +30,8 @@ pub struct QueueHandle {
     name: Arc<str>,
     tx: Sender<Job>,
     healthy: Arc<AtomicBool>,
+    /// Registered once, so submitting costs no metric lookup.
+    enqueued: metrics::Counter,
 }
 
 impl std::fmt::Debug for QueueHandle {
@@ -51,8 +53,7 @@ impl QueueHandle {
         let (done, rx) = oneshot::channel();
         match self.tx.try_send(Job { envelope, done }) {
             Ok(()) => {
-                metrics::counter!("sms_ingress_enqueued_total", "queue" => self.name.to_string())
-                    .increment(1);
+                self.enqueued.increment(1);
                 Ok(rx)
             }
             Err(TrySendError::Full(_)) => Err(SubmitError::Full),
@@ -112,6 +113,7 @@ impl Dispatcher {
             name: Arc::from(name),
             tx,
             healthy: healthy.clone(),
+            enqueued: metrics::counter!("sms_ingress_enqueued_total", "queue" => name.to_string()),
         });
         let worker = Worker {
             queue: name.to_string(),

@@ -86,6 +86,7 @@ pub struct Webhook {
     dedup: Arc<Dedup>,
     dead_letters: Arc<DeadLetters>,
     loaded: AtomicBool,
+    metrics: RequestMetrics,
 }
 
 impl Webhook {
@@ -112,6 +113,7 @@ impl Webhook {
             dedup,
             dead_letters,
             loaded: AtomicBool::new(false),
+            metrics: RequestMetrics::new(),
         }
     }
 
@@ -154,10 +156,8 @@ impl Webhook {
                 self.respond(outcome)
             }
         };
-        let status = response.status().as_u16().to_string();
-        metrics::counter!("sms_ingress_requests_total", "route" => route.label(), "status" => status).increment(1);
-        metrics::histogram!("sms_ingress_request_duration_seconds", "route" => route.label())
-            .record(start.elapsed().as_secs_f64());
+        self.metrics
+            .record(route, response.status(), start.elapsed());
         Ok(response)
     }
 
@@ -350,6 +350,56 @@ impl Webhook {
                 resp
             }
         }
+    }
+}
+
+/// Routes as metric indices.
+const ROUTES: [Route; 5] = [
+    Route::Webhook(Kind::Inbound),
+    Route::Webhook(Kind::Status),
+    Route::Healthz,
+    Route::Readyz,
+    Route::NotFound,
+];
+/// The statuses the service answers; others are counted through the registry.
+const STATUSES: [u16; 9] = [200, 400, 403, 404, 405, 408, 413, 415, 503];
+
+/// Per-request metrics registered once, so a request costs no registry lookup or label allocation.
+struct RequestMetrics {
+    requests: Vec<[metrics::Counter; STATUSES.len()]>,
+    duration: Vec<metrics::Histogram>,
+}
+
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
+        let requests = ROUTES
+            .iter()
+            .map(|r| {
+                STATUSES.map(|s| {
+                    metrics::counter!("sms_ingress_requests_total", "route" => r.label(), "status" => s.to_string())
+                })
+            })
+            .collect();
+        let duration = ROUTES
+            .iter()
+            .map(|r| metrics::histogram!("sms_ingress_request_duration_seconds", "route" => r.label()))
+            .collect();
+        RequestMetrics { requests, duration }
+    }
+
+    fn record(&self, route: Route, status: StatusCode, took: std::time::Duration) {
+        let r = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
+        match STATUSES.iter().position(|s| *s == status.as_u16()) {
+            Some(s) => self.requests[r][s].increment(1),
+            None => metrics::counter!(
+                "sms_ingress_requests_total", "route" => route.label(), "status" => status.as_u16().to_string()
+            )
+            .increment(1),
+        }
+        self.duration[r].record(took.as_secs_f64());
     }
 }
 
