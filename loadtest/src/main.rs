@@ -1,5 +1,8 @@
-//! The `sms-loadtest` command line: `setup`, `run`, `verify`, `baseline-server`, `ratio`.
-//! Each subcommand is a thin shell over the library's modules.
+//! The `sms-loadtest` command line: `setup`, `run`, `verify`, `baseline-server`, `ratio`,
+//! `fake-twilio`. Each subcommand is a thin shell over the library's modules (`fake-twilio`
+//! over `sms_ingress::fake_twilio`, its flags in `fake.rs`).
+
+mod fake;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -37,6 +40,9 @@ enum Cmd {
     BaselineServer(BaselineArgs),
     /// The same closed-loop load against the baseline and sms-ingress: throughput ratio.
     Ratio(RatioArgs),
+    /// An in-memory Twilio REST API seeded from flags, for vendor checks without Twilio
+    /// (docs/ADMIN.md); runs until Ctrl-C.
+    FakeTwilio(fake::FakeTwilioArgs),
 }
 
 #[derive(Args)]
@@ -186,6 +192,10 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Verify(a) => verify_cmd(a),
         Cmd::BaselineServer(a) => baseline_server(a),
         Cmd::Ratio(a) => runtime(a.load.threads)?.block_on(ratio(a)),
+        Cmd::FakeTwilio(a) => {
+            runtime(2)?.block_on(fake::run(a))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
