@@ -302,9 +302,9 @@ fn audit_log_has_one_line_per_change_and_no_token() {
     let want = [
         ("admin", "integration.create", "accepted"),
         ("admin", "number.import", "accepted"),
-        ("admin", "integration.update", "accepted"),
-        ("admin", "integration.update", "accepted"),
-        ("admin", "integration.update", "rejected"),
+        ("admin", "integration.rotate.next_token", "accepted"),
+        ("admin", "integration.rotate.promote", "accepted"),
+        ("admin", "integration.rotate.promote", "rejected"),
         ("admin", "integration.update", "rejected"),
         ("admin", "number.delete", "rejected"),
         ("file", "state.reload", "accepted"),

@@ -459,6 +459,20 @@ struct ReplayRequest {
 impl AdminApi {
     /// Replays an active own-org integration's dead letters; async, as it awaits the queues' acks.
     async fn replay_dead_letters(&self, who: &Principal, body: &[u8]) -> Result<Reply, ApiError> {
+        let target = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.get("integration_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "-".into());
+        let result = self.replay_checked(who, body).await;
+        self.audit_replay(who, &target, &result);
+        result
+    }
+
+    async fn replay_checked(&self, who: &Principal, body: &[u8]) -> Result<Reply, ApiError> {
         let req: ReplayRequest = parse(body)?;
         let id = req.integration_id;
         let state = self.store.snapshot();
@@ -474,10 +488,32 @@ impl AdminApi {
                 "re-activate the integration before replaying its dead letters",
             ));
         }
-        let result = self.dead_letters.replay(&id).await.map_err(replay_error);
-        let outcome = result.as_ref().map_or_else(ApiError::code, |_| "ok");
-        tracing::info!(org = %who.org, token_id = %who.token_id, action = "dead_letters.replay", target = %id, result = outcome, report = ?result.as_ref().ok(), "admin change");
-        Ok((StatusCode::OK, Some(json!(result?))))
+        let report = self.dead_letters.replay(&id).await.map_err(replay_error)?;
+        Ok((StatusCode::OK, Some(json!(report))))
+    }
+
+    /// One audit line (and log line) per replay, accepted or refused, like every other change.
+    fn audit_replay(&self, who: &Principal, target: &str, result: &Result<Reply, ApiError>) {
+        use super::audit::{Entry, Outcome, Source};
+        let err = result.as_ref().err();
+        self.store.audit().record(&Entry {
+            source: Source::Admin,
+            org: Some(&who.org),
+            token_id: Some(&who.token_id),
+            action: "dead_letters.replay",
+            target,
+            result: if err.is_some() {
+                Outcome::Rejected
+            } else {
+                Outcome::Accepted
+            },
+            code: err.map(ApiError::code),
+            reason: err.map(ApiError::message),
+            state_version: self.store.version(),
+        });
+        let outcome = err.map_or("ok", ApiError::code);
+        let report = result.as_ref().ok().and_then(|(_, v)| v.clone());
+        tracing::info!(org = %who.org, token_id = %who.token_id, action = "dead_letters.replay", target = %target, result = outcome, report = ?report, "admin change");
     }
 }
 
@@ -662,15 +698,21 @@ impl Ctx<'_> {
                 self.vendor_check_create(body)?;
                 self.create_integration(body)
             }),
-            Op::PatchIntegration(id) => self.audited("integration.update", &id, || {
+            Op::PatchIntegration(id) => self.audited(patch_action(body), &id, || {
                 self.vendor_check_patch(&id, body)?;
                 self.patch_integration(&id, body)
             }),
             Op::DeleteIntegration(id) => {
                 self.audited("integration.delete", &id, || self.delete_integration(&id))
             }
-            Op::ImportNumber => self.audited("number.import", "-", || self.import_number(body)),
-            Op::BulkImport => self.audited("number.bulk_import", "-", || self.bulk_import(body)),
+            Op::ImportNumber => {
+                let sender = import_target(body);
+                self.audited("number.import", &sender, || self.import_number(body))
+            }
+            Op::BulkImport => {
+                let count = bulk_target(body);
+                self.audited("number.bulk_import", &count, || self.bulk_import(body))
+            }
             Op::DeleteNumber(sid) => {
                 self.audited("number.delete", &sid, || self.delete_number(&sid))
             }
@@ -1310,4 +1352,51 @@ fn at_index(reqs: &[ImportRequest]) -> impl Fn((usize, ImportError)) -> ApiError
             format!("numbers[{i}] ({sender}): {e}"),
         )
     }
+}
+
+/// The audit action of a PATCH, named for what it does (the body's token values are never read here).
+fn patch_action(body: &[u8]) -> &'static str {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return "integration.update";
+    };
+    match fields.get("status").and_then(Value::as_str) {
+        Some("inactive") => return "integration.deactivate",
+        Some("active") => return "integration.activate",
+        _ => {}
+    }
+    if fields.get("promote_next_auth_token") == Some(&Value::Bool(true)) {
+        return "integration.rotate.promote";
+    }
+    if fields.contains_key("next_auth_token") {
+        return "integration.rotate.next_token";
+    }
+    if fields.contains_key("auth_token") {
+        return "integration.token";
+    }
+    "integration.update"
+}
+
+/// The sender ID an import names (a public identifier), for the audit line even when refused.
+fn import_target(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("sender_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .filter(|s| s.len() <= 32 && s.chars().all(|c| c == '+' || c.is_ascii_digit()))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// How many numbers a bulk import carries, as its audit target.
+fn bulk_target(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("numbers")
+                .and_then(Value::as_array)
+                .map(|a| format!("{} numbers", a.len()))
+        })
+        .unwrap_or_else(|| "-".into())
 }
