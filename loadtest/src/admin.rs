@@ -135,10 +135,10 @@ pub async fn setup(opts: &SetupOptions, seed: u64) -> Result<Plan> {
         .as_str()
         .ok_or_else(|| anyhow!("integration answer has no id: {answer}"))?
         .to_string();
-    // TODO(fake-twilio): with `control.vendor_checks = true` the service asks Twilio's REST
-    // API whether each number exists in this account with this region's webhook URL. When
-    // `sms_ingress::fake_twilio` lands, register `account_sid`/`auth_token` and every
-    // `number(i)` (sms_url = the region's webhook URL) with it here, before importing.
+    // With `control.vendor_checks = true` the service asks Twilio's REST API whether each
+    // number exists in this account with this region's webhook URL: run the target against
+    // `sms-loadtest fake-twilio --account SID:TOKEN --range +14152000000:N:SID` with the
+    // plan's credentials (`--seed` makes them repeatable). setup does not start it itself.
     import_all(opts, &integration_id).await?;
     Ok(Plan {
         public_url: opts.public_url.clone(),
