@@ -151,6 +151,9 @@ struct VerifyArgs {
     /// The run's acked file (default: acked.txt beside the plan).
     #[arg(long)]
     acked: Option<PathBuf>,
+    /// Read the JetStream stream of this sms-ingress config (`sink.kind = "nats"`) instead of a spool.
+    #[arg(long)]
+    nats_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -353,12 +356,27 @@ fn write_plot(path: &Path, rows: &[Summary], title: &str) -> Result<()> {
 }
 
 fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
-    let spool = match a.spool {
-        Some(s) => s,
-        None => Plan::read(&a.plan)?.sink_dir,
+    let acked = a
+        .acked
+        .clone()
+        .unwrap_or_else(|| beside(&a.plan, "acked.txt"));
+    let v = match &a.nats_config {
+        Some(path) => {
+            let cfg = sms_ingress::config::Config::load(path)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let stored = runtime.block_on(verify::nats_keys(&cfg.sink.nats))?;
+            verify::compare(&verify::read_acked(&acked)?, stored)
+        }
+        None => {
+            let spool = match a.spool {
+                Some(s) => s,
+                None => Plan::read(&a.plan)?.sink_dir,
+            };
+            verify::verify(&spool, &acked)?
+        }
     };
-    let acked = a.acked.unwrap_or_else(|| beside(&a.plan, "acked.txt"));
-    let v = verify::verify(&spool, &acked)?;
     println!("{}", v.line());
     for k in &v.lost_examples {
         println!("lost: {k}");

@@ -102,6 +102,25 @@ pub fn spool_keys(dir: &Path) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// The dedup key of every envelope in a JetStream stream (all queues), read with the same
+/// ordered consumer as `sms-ingress nats tail`.
+pub async fn nats_keys(cfg: &sms_ingress::config::NatsConfig) -> Result<Vec<String>> {
+    let mut ndjson = Vec::new();
+    sms_ingress::sink::nats::tail(cfg, "*", 1, false, &mut ndjson)
+        .await
+        .with_context(|| format!("reading stream {}", cfg.stream))?;
+    let mut keys = Vec::new();
+    for line in String::from_utf8_lossy(&ndjson).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).context("tail printed a bad line")?;
+        let sid = v["message_sid"].as_str().unwrap_or_default();
+        keys.push(match v["message_status"].as_str() {
+            Some(st) => format!("{sid}:{st}"),
+            None => sid.to_string(),
+        });
+    }
+    Ok(keys)
+}
+
 /// Reads both sides and compares them.
 pub fn verify(spool_dir: &Path, acked_file: &Path) -> Result<Verdict> {
     let acked = read_acked(acked_file)?;
