@@ -215,7 +215,9 @@ where
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
+                    let kind = connection_error_kind(e.as_ref());
+                    metrics::counter!("sms_ingress_connection_errors_total", "kind" => kind).increment(1);
+                    tracing::debug!(error = %e, kind, "connection ended with an error");
                 }
                 return;
             }
@@ -239,6 +241,24 @@ where
                 }
             }
         }
+    }
+}
+
+/// Names why hyper ended a connection, so the limits it enforces itself are counted too.
+fn connection_error_kind(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        return "other";
+    };
+    if h.is_timeout() {
+        "header_read_timeout"
+    } else if h.is_parse_too_large() {
+        "header_too_large"
+    } else if h.is_parse() {
+        "malformed_request"
+    } else if h.is_incomplete_message() || h.is_closed() {
+        "closed_early"
+    } else {
+        "other"
     }
 }
 

@@ -207,3 +207,39 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         acked.len()
     );
 }
+
+/// The server's HTTP/2 SETTINGS, read with a raw prior-knowledge handshake.
+fn h2_server_settings(addr: std::net::SocketAddr) -> Vec<(u16, u32)> {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap(); // empty SETTINGS
+    let mut head = [0u8; 9];
+    c.read_exact(&mut head).unwrap();
+    assert_eq!(head[3], 4, "first server frame is not SETTINGS");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    c.read_exact(&mut payload).unwrap();
+    payload
+        .chunks(6)
+        .map(|e| {
+            (
+                u16::from_be_bytes([e[0], e[1]]),
+                u32::from_be_bytes([e[2], e[3], e[4], e[5]]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn h2_limits_are_advertised_to_every_client() {
+    let opts = Options {
+        extra: "[limits]\nh2_max_concurrent_streams = 7\nmax_header_bytes = 4096\n".into(),
+        ..Options::default()
+    };
+    let s = TestServer::start(opts);
+    let settings = h2_server_settings(s.addr);
+    // SETTINGS_MAX_CONCURRENT_STREAMS (0x3) and SETTINGS_MAX_HEADER_LIST_SIZE (0x6)
+    assert!(settings.contains(&(3, 7)), "{settings:?}");
+    assert!(settings.contains(&(6, 4096)), "{settings:?}");
+}
