@@ -1020,40 +1020,7 @@ impl Ctx<'_> {
     /// The import's vendor checks with the integration's primary token, then its next
     /// token if Twilio rejects the primary (a rotation may be under way at Twilio).
     fn vendor_check_number(&self, state: &State, req: &ImportRequest) -> Result<(), ApiError> {
-        let Some(vendor) = self.vendor else {
-            return Ok(());
-        };
-        let integration = req
-            .integration_id
-            .as_deref()
-            .and_then(|id| state.integration(id))
-            .ok_or(ImportError::IntegrationMissing)?;
-        let open = |sealed: &Sealed| {
-            self.store
-                .master_key()
-                .open(sealed, &integration.id)
-                .map_err(|_| ApiError::internal("the stored Auth Token could not be opened"))
-        };
-        let mut tokens = vec![open(&integration.auth_token)?];
-        if let Some(next) = &integration.next_auth_token {
-            tokens.push(open(next)?);
-        }
-        let webhook_url = self.region.webhook_url();
-        let mut result = Ok(());
-        for token in &tokens {
-            result = self.wait(vendor.check_number(
-                &integration.account_sid,
-                token,
-                &req.sender_id,
-                req.kind,
-                &webhook_url,
-            ));
-            let rejected = ImportVendorError::Vendor(VendorError::CredentialsRejected);
-            if result.as_ref().err() != Some(&rejected) {
-                break;
-            }
-        }
-        Ok(result?)
+        self.wait(self.vendor_check_number_async(state, req))
     }
 }
 
