@@ -494,27 +494,48 @@ impl AdminApi {
 
     /// One audit line (and log line) per replay, accepted or refused, like every other change.
     fn audit_replay(&self, who: &Principal, target: &str, result: &Result<Reply, ApiError>) {
-        use super::audit::{Entry, Outcome, Source};
         let err = result.as_ref().err();
-        self.store.audit().record(&Entry {
-            source: Source::Admin,
-            org: Some(&who.org),
-            token_id: Some(&who.token_id),
-            action: "dead_letters.replay",
+        let version = self.store.version();
+        record_audit(
+            &self.store,
+            who,
+            "dead_letters.replay",
             target,
-            result: if err.is_some() {
-                Outcome::Rejected
-            } else {
-                Outcome::Accepted
-            },
-            code: err.map(ApiError::code),
-            reason: err.map(ApiError::message),
-            state_version: self.store.version(),
-        });
+            result,
+            version,
+        );
         let outcome = err.map_or("ok", ApiError::code);
         let report = result.as_ref().ok().and_then(|(_, v)| v.clone());
         tracing::info!(org = %who.org, token_id = %who.token_id, action = "dead_letters.replay", target = %target, result = outcome, report = ?report, "admin change");
     }
+}
+
+/// Appends one admin change to the audit log; the message is redacted of quoted values.
+fn record_audit(
+    store: &ControlStore,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    result: &Result<Reply, ApiError>,
+    state_version: u64,
+) {
+    use super::audit::{Entry, Outcome, Source};
+    let err = result.as_ref().err();
+    store.audit().record(&Entry {
+        source: Source::Admin,
+        org: Some(&who.org),
+        token_id: Some(&who.token_id),
+        action,
+        target,
+        result: if err.is_some() {
+            Outcome::Rejected
+        } else {
+            Outcome::Accepted
+        },
+        code: err.map(ApiError::code),
+        reason: err.map(ApiError::message),
+        state_version,
+    });
 }
 
 /// A failed replay: progress so far is kept, so the caller may simply call again.
@@ -751,26 +772,11 @@ impl Ctx<'_> {
 
     /// Appends the change's line to the audit log; the message is redacted of quoted values.
     fn audit_line(&self, action: &str, target: &str, result: &Result<Reply, ApiError>) {
-        use super::audit::{Entry, Outcome, Source};
-        let err = result.as_ref().err();
-        self.store.audit().record(&Entry {
-            source: Source::Admin,
-            org: Some(&self.who.org),
-            token_id: Some(&self.who.token_id),
-            action,
-            target,
-            result: if err.is_some() {
-                Outcome::Rejected
-            } else {
-                Outcome::Accepted
-            },
-            code: err.map(ApiError::code),
-            reason: err.map(ApiError::message),
-            state_version: match err {
-                Some(_) => self.store.version(),
-                None => super::store::last_applied_version(),
-            },
-        });
+        let version = match result {
+            Err(_) => self.store.version(),
+            Ok(_) => super::store::last_applied_version(),
+        };
+        record_audit(self.store, &self.who, action, target, result, version);
     }
 
     fn org(&self) -> &str {
