@@ -776,7 +776,7 @@ impl Ctx<'_> {
             Err(_) => self.store.version(),
             Ok(_) => super::store::last_applied_version(),
         };
-        record_audit(self.store, &self.who, action, target, result, version);
+        record_audit(self.store, self.who, action, target, result, version);
     }
 
     fn org(&self) -> &str {
