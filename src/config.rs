@@ -224,6 +224,9 @@ pub struct SinkConfig {
     pub dir: PathBuf,
     /// A segment file is closed and a new one started past this size.
     pub segment_bytes: u64,
+    /// Disk blocks reserved ahead of the spool's writes (`fallocate`, size unchanged), so a
+    /// batch's `fdatasync` need not also commit a block allocation; 0 turns it off.
+    pub preallocate_bytes: u64,
     /// Most envelopes made durable by one fdatasync.
     pub max_batch: usize,
     /// The JetStream sink, used when `kind = "nats"`.
@@ -245,6 +248,7 @@ impl Default for SinkConfig {
             kind: SinkKind::Spool,
             dir: "data/spool".into(),
             segment_bytes: 64 * 1024 * 1024,
+            preallocate_bytes: 8 * 1024 * 1024,
             max_batch: 1024,
             nats: NatsConfig::default(),
         }

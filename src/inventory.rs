@@ -46,8 +46,12 @@ pub struct NumberEntry {
 pub struct Snapshot {
     pub version: u64,
     pub built_at: SystemTime,
-    numbers: HashMap<Box<str>, NumberEntry>,
+    numbers: NumberMap,
 }
+
+/// Lookups run before the signature is checked, but keys are only ever inserted by the
+/// control plane, so a fast seeded hash (foldhash) is enough here.
+type NumberMap = HashMap<Box<str>, NumberEntry, foldhash::fast::RandomState>;
 
 /// Why a state could not become a snapshot; the change is rejected and the old snapshot serves.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +68,7 @@ impl Snapshot {
         Snapshot {
             version: 0,
             built_at: SystemTime::now(),
-            numbers: HashMap::new(),
+            numbers: NumberMap::default(),
         }
     }
 
@@ -104,7 +108,8 @@ impl Snapshot {
             integrations.insert(i.id.as_str(), Arc::new(entry));
         }
         let mut queues: HashMap<&str, Arc<QueueHandle>> = HashMap::new();
-        let mut numbers = HashMap::with_capacity(state.numbers.len());
+        let mut numbers =
+            NumberMap::with_capacity_and_hasher(state.numbers.len(), Default::default());
         for n in &state.numbers {
             let queue = match queues.get(n.queue.as_str()) {
                 Some(q) => q.clone(),

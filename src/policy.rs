@@ -70,9 +70,12 @@ pub fn reply_twiml(message: &str) -> Bytes {
     Bytes::from(s)
 }
 
+/// Shards of the dedup map (a power of two, as dashmap requires).
+const DEDUP_SHARDS: usize = 64;
+
 /// Deliveries made durable recently, so a Twilio retry is answered 200 without storing it again.
 pub struct Dedup {
-    seen: DashMap<Box<str>, Instant>,
+    seen: DashMap<Box<str>, Instant, foldhash::fast::RandomState>,
     window: Duration,
     max_entries: usize,
 }
@@ -81,7 +84,12 @@ impl Dedup {
     /// Remembers deliveries for `window`, at most `max_entries` of them.
     pub fn new(window: Duration, max_entries: usize) -> Dedup {
         Dedup {
-            seen: DashMap::new(),
+            // Many small shards: a shard's write lock blocks a runtime worker, and growing a
+            // shard rehashes it under that lock, so smaller shards mean shorter stalls.
+            seen: DashMap::with_hasher_and_shard_amount(
+                foldhash::fast::RandomState::default(),
+                DEDUP_SHARDS,
+            ),
             window,
             max_entries,
         }

@@ -25,9 +25,11 @@ use std::time::Duration;
 /// Opens each queue's spool log (recovering a torn tail) the first time a snapshot routes to it.
 fn spool_factory(cfg: &Config) -> SinkFactory {
     let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
+    let preallocate = cfg.sink.preallocate_bytes;
     Box::new(move |queue: &str| {
         let writer = SpoolWriter::open(&dir, queue, segment_bytes)
-            .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?;
+            .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?
+            .with_preallocation(preallocate);
         Ok(Box::new(writer) as Box<dyn QueueSink>)
     })
 }
@@ -340,7 +342,9 @@ async fn sweep_dedup(dedup: Arc<Dedup>, window: Duration) {
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
-        dedup.sweep();
+        // A sweep walks the whole map; a blocking thread keeps it off the request workers.
+        let dedup = dedup.clone();
+        let _ = tokio::task::spawn_blocking(move || dedup.sweep()).await;
     }
 }
 
