@@ -168,7 +168,8 @@ pub fn is_queue_name(s: &str) -> bool {
 
 /// Replaces `path` with `bytes` atomically: temp file beside it, fsync, rename, fsync the
 /// directory, so a reader (or the watcher) never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+/// Returns the written file's metadata (taken before the rename, which keeps the inode).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<std::fs::Metadata, StateError> {
     let werr = |source| StateError::Write {
         path: path.display().to_string(),
         source,
@@ -183,17 +184,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
-    {
+    let meta = {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp).map_err(werr)?;
         f.write_all(bytes).map_err(werr)?;
         f.sync_all().map_err(werr)?;
-    }
+        f.metadata().map_err(werr)?
+    };
     std::fs::rename(&tmp, path).map_err(werr)?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(werr)?;
-    Ok(())
+    Ok(meta)
 }
 
 /// The invariants of one integration on its own (the fleet store checks each KV record).
@@ -290,20 +292,22 @@ impl State {
 
     /// Writes atomically: temp file in the same directory, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        write_atomic(path, &self.encode())
+        write_atomic(path, &self.encode()).map(|_| ())
     }
 
     /// Checks every invariant the data plane relies on; the first violation is the error.
     pub fn validate(&self) -> Result<(), StateError> {
         let bad = |m: String| Err(StateError::Invalid(m));
-        let mut integrations: HashMap<&str, &Integration> = HashMap::new();
+        let mut integrations: HashMap<&str, &Integration, foldhash::fast::RandomState> =
+            HashMap::default();
         for i in &self.integrations {
             check_integration(i)?;
             if integrations.insert(&i.id, i).is_some() {
                 return bad(format!("integration id {} appears twice", i.id));
             }
         }
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<&str, foldhash::fast::RandomState> =
+            HashSet::with_capacity_and_hasher(self.numbers.len(), Default::default());
         for n in &self.numbers {
             if !seen.insert(n.sender_id.as_str()) {
                 return bad(format!("number {} appears twice", n.sender_id));

@@ -15,7 +15,9 @@ use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
 use super::state::{write_atomic, State, StateError};
-use super::watch::{decide, fingerprint, parse_external, Decision, FileMark, ReloadError};
+use super::watch::{
+    decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
+};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -112,6 +114,47 @@ impl Drop for Reservation {
 
 /// A poisoned lock only means a panic elsewhere; the data is still whole (we never
 /// mutate in place), so keep serving.
+/// What a prepared file change hands back: the swap to make, the file's new fingerprint
+/// and stamp.
+type PreparedChange = (Box<dyn FnOnce() + Send>, Fingerprint, FileStamp);
+
+/// How much nicer than the webhooks the thread that prepares a change runs.
+const CHANGE_NICENESS: libc::c_int = 10;
+
+/// Runs `work` on a short-lived thread at a lower CPU priority, so that a change's
+/// O(state) work (validate, build, encode, write) yields the cores to the webhooks it
+/// would otherwise delay. If no thread can be started, it runs here at normal priority.
+fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let mut work = Some(work);
+    std::thread::scope(|scope| {
+        let slot = &mut work;
+        let spawned = std::thread::Builder::new()
+            .name("control-change".into())
+            .spawn_scoped(scope, move || {
+                lower_this_threads_priority();
+                (slot.take().expect("taken once"))()
+            });
+        match spawned {
+            Ok(handle) => Some(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            ),
+            Err(_) => None,
+        }
+    })
+    .unwrap_or_else(|| (work.take().expect("not run"))())
+}
+
+/// Raises this thread's nice value by `CHANGE_NICENESS` (on Linux `nice` applies to the
+/// calling thread only); failure leaves it as it was.
+fn lower_this_threads_priority() {
+    // SAFETY: `nice` takes an integer and touches only the calling thread's priority.
+    unsafe {
+        libc::nice(CHANGE_NICENESS);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -134,6 +177,7 @@ impl ControlStore {
         let file = FileMark {
             known: fingerprint(bytes.as_deref()),
             rejected: None,
+            stamp: None,
         };
         Ok(ControlStore {
             state: Mutex::new(Current {
@@ -264,21 +308,31 @@ impl ControlStore {
         let mut next = current.state.clone();
         let out = change(&mut next)?;
         next.version = current.state.version + 1;
-        next.validate().map_err(|e| ApiError::state_invalid(&e))?;
-        let commit = (self.publisher)(&next).map_err(|e| ApiError::publish_failed(&e))?;
-        let bytes = next.encode();
-        if let Err(e) = write_atomic(&self.path, &bytes) {
-            tracing::error!(error = %e, "state file not written; change dropped");
-            return Err(ApiError::internal("the state file could not be written"));
-        }
+        let (commit, known, stamp) = in_background(|| self.prepare_file_change(&next))?;
         commit();
         current.file = FileMark {
-            known: fingerprint(Some(&bytes)),
+            known,
             rejected: None,
+            stamp: Some(stamp),
         };
         current.state = next;
         LAST_APPLIED.with(|v| v.set(current.state.version));
         Ok(out)
+    }
+
+    /// The O(state) part of a change: validate, build the snapshot (not yet live), encode
+    /// and write the file. Returns the swap to make, and what the file now holds.
+    fn prepare_file_change(&self, next: &State) -> Result<PreparedChange, ApiError> {
+        next.validate().map_err(|e| ApiError::state_invalid(&e))?;
+        let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
+        let bytes = next.encode();
+        match write_atomic(&self.path, &bytes) {
+            Ok(meta) => Ok((commit, fingerprint(Some(&bytes)), FileStamp::of(&meta))),
+            Err(e) => {
+                tracing::error!(error = %e, "state file not written; change dropped");
+                Err(ApiError::internal("the state file could not be written"))
+            }
+        }
     }
 
     /// Brings the store in line with its file: nothing if the file holds what the store
@@ -296,11 +350,17 @@ impl ControlStore {
         if self.kv.is_some() {
             return None;
         }
+        // Taken before reading: if the file changes meanwhile, the next look reads again.
+        let stamp = FileStamp::at(&self.path);
+        if stamp.is_some() && stamp == current.file.stamp {
+            return None;
+        }
         let result = match State::read_bytes(&self.path) {
             Err(e) => Err(ReloadError::from_read(e)),
             Ok(bytes) => {
                 let on_disk = fingerprint(bytes.as_deref());
                 if decide(on_disk, &current.file) != Decision::Reload {
+                    current.file.stamp = stamp;
                     return None;
                 }
                 let result = self.adopt(current, bytes.as_deref());
@@ -308,6 +368,7 @@ impl ControlStore {
                     Ok(_) => current.file.known = on_disk,
                     Err(_) => current.file.rejected = Some(on_disk),
                 }
+                current.file.stamp = stamp;
                 result
             }
         };
@@ -710,6 +771,65 @@ mod tests {
             status: NumberStatus::Active,
             compliance: None,
         }
+    }
+
+    #[test]
+    fn change_work_runs_at_lower_priority_and_returns_its_result() {
+        let nice_of_this_thread = || unsafe {
+            libc::getpriority(
+                libc::PRIO_PROCESS,
+                libc::syscall(libc::SYS_gettid) as libc::id_t,
+            )
+        };
+        let before = nice_of_this_thread();
+        let (value, nice) = in_background(|| (41 + 1, nice_of_this_thread()));
+        assert_eq!(value, 42);
+        assert_eq!(
+            nice,
+            (before + CHANGE_NICENESS).min(19),
+            "the change thread yields"
+        );
+        assert_eq!(
+            nice_of_this_thread(),
+            before,
+            "the caller keeps its priority"
+        );
+    }
+
+    #[test]
+    fn an_edit_written_in_place_after_a_change_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let k = key();
+        let store = ControlStore::open(
+            &path,
+            Arc::clone(&k),
+            recording(Arc::default(), Arc::default()),
+        )
+        .unwrap();
+        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
+        store
+            .apply(|s| {
+                s.integrations.push(integration("int-1", sealed.clone()));
+                Ok(())
+            })
+            .unwrap();
+        // The change recorded the file's stamp, so looking again reads nothing...
+        assert!(store.sync_with_file().is_none());
+        // ...but an editor writing into the same inode moves its mtime, and is seen.
+        std::thread::sleep(Duration::from_millis(30));
+        let mut edited = store.snapshot();
+        edited.integrations[0].name = "renamed in place".into();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &edited.encode()).unwrap();
+        drop(f);
+        assert!(store.sync_with_file().unwrap().is_ok());
+        assert_eq!(store.snapshot().integrations[0].name, "renamed in place");
+        assert!(store.sync_with_file().is_none(), "judged once");
     }
 
     #[test]

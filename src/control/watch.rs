@@ -41,6 +41,37 @@ pub struct FileMark {
     pub known: Fingerprint,
     /// Fingerprint of the last content refused, if it is still what the file holds.
     pub rejected: Option<Fingerprint>,
+    /// The file's identity when it last held content judged above: while it still has
+    /// it, each admin change skips re-reading and hashing the whole file.
+    pub stamp: Option<FileStamp>,
+}
+
+/// Inode, size and modification time of the state file. An edit replaces the inode
+/// (editors and `write_atomic` rename) or writes in place, which moves the mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+
+    /// The stamp of the file at `path` now; `None` if it cannot be read.
+    pub fn at(path: &std::path::Path) -> Option<FileStamp> {
+        std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
+    }
 }
 
 /// What to do about the file's current content.
@@ -232,6 +263,7 @@ mod tests {
         let mut mark = FileMark {
             known: a,
             rejected: None,
+            stamp: None,
         };
         assert_eq!(decide(a, &mark), Decision::Unchanged);
         assert_eq!(decide(b, &mark), Decision::Reload);
