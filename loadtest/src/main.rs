@@ -176,6 +176,13 @@ struct RatioArgs {
     /// An already running baseline server (default: start one on an ephemeral port).
     #[arg(long)]
     baseline: Option<String>,
+    /// Then the same number of open-loop rounds at half of sms-ingress's median throughput
+    /// (SPEC section 7's latency point), alternating baseline / sms-ingress, comparing p99.
+    #[arg(long)]
+    half_rate: bool,
+    /// With --half-rate: this open-loop rate instead of half the measured throughput.
+    #[arg(long, requires = "half_rate")]
+    rate: Option<f64>,
 }
 
 fn main() -> ExitCode {
@@ -479,12 +486,46 @@ async fn ratio(a: RatioArgs) -> Result<ExitCode> {
     }
     let (bm, im) = (report::median(&base_rps), report::median(&ingress_rps));
     let ratio = im / bm.max(1e-9);
+    let open = if a.half_rate {
+        let rate = a.rate.unwrap_or(im / 2.0);
+        let mut last_run = ingress_opts.run_id;
+        base_opts = a.load.options(&plan, Some(&base_addr), Some(rate))?;
+        ingress_opts = a.load.options(&plan, None, Some(rate))?;
+        let (mut base_p99, mut ingress_p99) = (Vec::new(), Vec::new());
+        for round in 1..=a.rounds.max(1) {
+            base_opts.run_id = last_run.wrapping_add(1);
+            ingress_opts.run_id = last_run.wrapping_add(2);
+            last_run = ingress_opts.run_id;
+            eprintln!("ratio: open-loop round {round} at {rate:.0}/s: baseline");
+            let b = client::run(&base_opts, workload.clone()).await?;
+            let b = Summary::new(&shape(&format!("baseline@{round}"), &base_opts), &b);
+            eprintln!("ratio: open-loop round {round} at {rate:.0}/s: sms-ingress");
+            let r = client::run(&ingress_opts, workload.clone()).await?;
+            client::append_acked(&acked_path, &r.acked)?;
+            let r = Summary::new(&shape(&format!("ingress@{round}"), &ingress_opts), &r);
+            base_p99.push(b.latency_ms.p99);
+            ingress_p99.push(r.latency_ms.p99);
+            rows.push(b);
+            rows.push(r);
+        }
+        Some((
+            rate,
+            report::median(&base_p99),
+            report::median(&ingress_p99),
+        ))
+    } else {
+        None
+    };
     if let Some(path) = &a.load.plot {
         let n = rows.len();
         write_plot(
             path,
             &rows[n - 2..],
-            "closed loop: baseline vs sms-ingress (last round)",
+            if open.is_some() {
+                "open loop at half rate: baseline vs sms-ingress (last round)"
+            } else {
+                "closed loop: baseline vs sms-ingress (last round)"
+            },
         )?;
     }
     if a.load.json {
@@ -493,12 +534,18 @@ async fn ratio(a: RatioArgs) -> Result<ExitCode> {
             "baseline_rps_median": bm,
             "ingress_rps_median": im,
             "ratio": ratio,
+            "open_loop": open.map(|(rate, b, i)| serde_json::json!({
+                "rate": rate, "baseline_p99_ms_median": b, "ingress_p99_ms_median": i,
+            })),
             "acked_file": acked_path.display().to_string(),
         });
         println!("{v}");
     } else {
         print!("{}", report::table(&rows));
         println!("median req/s: baseline {bm:.0}, sms-ingress {im:.0}; ratio {ratio:.3} (SPEC target >= 0.7)");
+        if let Some((rate, b, i)) = open {
+            println!("median p99 at {rate:.0}/s open loop: baseline {b:.2} ms, sms-ingress {i:.2} ms (SPEC target < 5 ms)");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -130,6 +130,17 @@ fn loadtest(args: &[&str]) -> Output {
     out
 }
 
+/// Runs `verify` and asserts it found every acknowledged key exactly once.
+fn verify_ok(plan: &str, acked: &str) -> Output {
+    let out = loadtest(&["verify", "--plan", plan, "--acked", acked]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(
         out.status.success(),
@@ -202,12 +213,7 @@ fn setup_run_verify_against_the_real_service() {
     assert!(std::fs::read_to_string(&plot)
         .unwrap()
         .contains("<polyline"));
-    let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = verify_ok(plan_s, acked_s);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("lost=0 duplicated=0"));
 
     // h2, open loop at a modest rate: latency measured from the intended times.
@@ -244,12 +250,47 @@ fn setup_run_verify_against_the_real_service() {
         (Some(0), Some(0), Some(0)),
         "{v}"
     );
-    let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    verify_ok(plan_s, acked_s);
+
+    // ratio, with the open-loop rounds at half of sms-ingress's measured throughput.
+    let out = loadtest(&[
+        "ratio",
+        "--plan",
+        plan_s,
+        "--target",
+        &addr,
+        "--acked",
+        acked_s,
+        "--json",
+        "--quiet",
+        "--connections",
+        "2",
+        "--duration",
+        "1",
+        "--rounds",
+        "1",
+        "--half-rate",
+    ]);
+    let v = json_of(&out);
+    let rows = v["rounds"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    assert_eq!(
+        (rows[2]["mode"].as_str(), rows[3]["mode"].as_str()),
+        (Some("open"), Some("open")),
+        "{v}"
     );
+    let half = v["ingress_rps_median"].as_f64().unwrap() / 2.0;
+    let rate = v["open_loop"]["rate"].as_f64().unwrap();
+    assert!((rate - half).abs() < 1e-6, "{v}");
+    assert!(
+        v["open_loop"]["ingress_p99_ms_median"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(
+        v["open_loop"]["baseline_p99_ms_median"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    verify_ok(plan_s, acked_s);
 
     // A planted loss is caught: a key acknowledged that was never stored.
     std::fs::write(&acked, "SM00000000000000000000000000000000\n").unwrap();
