@@ -76,6 +76,7 @@ pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 /// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
 pub struct Dispatcher {
     queues: Mutex<HashMap<String, Arc<QueueHandle>>>,
+    spawner: Spawner,
     factory: SinkFactory,
     probe: Option<SinkProbe>,
     capacity: usize,
@@ -87,6 +88,7 @@ impl Dispatcher {
     pub fn new(factory: SinkFactory, capacity: usize, max_batch: usize) -> Dispatcher {
         Dispatcher {
             queues: Mutex::new(HashMap::new()),
+            spawner: Spawner::start(),
             factory,
             probe: None,
             capacity,
@@ -122,9 +124,8 @@ impl Dispatcher {
             healthy,
             max_batch: self.max_batch,
         };
-        std::thread::Builder::new()
-            .name(format!("sink-{name}"))
-            .spawn(move || worker.run())
+        self.spawner
+            .spawn(format!("sink-{name}"), Box::new(move || worker.run()))
             .map_err(SinkError::Io)?;
         queues.insert(name.to_string(), handle.clone());
         Ok(handle)
@@ -142,6 +143,52 @@ impl Dispatcher {
             .expect("dispatcher lock")
             .values()
             .all(|q| q.healthy())
+    }
+}
+
+/// A thread start request: name, body, and where to say whether it started.
+type SpawnRequest = (
+    String,
+    Box<dyn FnOnce() + Send>,
+    std::sync::mpsc::Sender<std::io::Result<()>>,
+);
+
+/// Starts sink workers from a thread of its own. A new thread inherits its creator's nice
+/// value, and queues are opened by control-plane changes, which run at a lower priority
+/// (control/store.rs); a worker started there would sync every batch at that priority.
+struct Spawner {
+    tx: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
+}
+
+impl Spawner {
+    /// The spawning thread, at the caller's priority; it ends with the dispatcher.
+    fn start() -> Spawner {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let started = std::thread::Builder::new()
+            .name("sink-spawner".into())
+            .spawn(move || {
+                for (name, body, reply) in rx {
+                    let result = std::thread::Builder::new().name(name).spawn(body);
+                    let _ = reply.send(result.map(|_| ()));
+                }
+            });
+        if let Err(e) = started {
+            // `spawn` then reports the same error for every queue.
+            tracing::error!(error = %e, "cannot start the sink spawner thread");
+        }
+        Spawner { tx: Mutex::new(tx) }
+    }
+
+    /// Starts `body` on a new thread named `name`, as a child of the spawning thread.
+    fn spawn(&self, name: String, body: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let gone = || std::io::Error::other("the sink spawner thread is not running");
+        self.tx
+            .lock()
+            .expect("spawner lock")
+            .send((name, body, reply))
+            .map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?
     }
 }
 
@@ -271,6 +318,41 @@ mod tests {
             }))
         });
         (Dispatcher::new(factory, capacity, 64), batches, fail)
+    }
+
+    /// The nice value of this process's thread named `name` (from /proc).
+    fn nice_of_thread(name: &str) -> Option<i64> {
+        for entry in std::fs::read_dir("/proc/self/task").ok()? {
+            let dir = entry.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() == name {
+                let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+                let after_comm = &stat[stat.rfind(')')? + 2..];
+                return after_comm.split_whitespace().nth(16)?.parse().ok();
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_queue_opened_by_a_nicer_thread_syncs_at_the_dispatchers_priority() {
+        let (d, _, _) = dispatcher(4);
+        // SAFETY: getpriority/nice only read or change the calling thread's nice value.
+        let ours = unsafe {
+            libc::getpriority(
+                libc::PRIO_PROCESS,
+                libc::syscall(libc::SYS_gettid) as libc::id_t,
+            )
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                unsafe { libc::nice(5) };
+                d.queue("nicer").unwrap();
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(nice_of_thread("sink-nicer"), Some(i64::from(ours)));
     }
 
     #[tokio::test]
