@@ -155,6 +155,13 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// Counts one judged control-plane update by where it came from and how it ended.
+fn count_update(source: &'static str, accepted: bool) {
+    let result = if accepted { "accepted" } else { "rejected" };
+    metrics::counter!("sms_ingress_control_updates_total", "source" => source, "result" => result)
+        .increment(1);
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -287,13 +294,7 @@ impl ControlStore {
             Some(kv) => self.apply_kv(kv, &mut change),
             None => self.apply_inner(change),
         };
-        let label = if result.is_ok() {
-            "accepted"
-        } else {
-            "rejected"
-        };
-        metrics::counter!("sms_ingress_control_updates_total", "source" => "admin", "result" => label)
-            .increment(1);
+        count_update("admin", result.is_ok());
         result
     }
 
@@ -394,9 +395,7 @@ impl ControlStore {
             Err(_) => audit::Outcome::Rejected,
         };
         let accepted = outcome == audit::Outcome::Accepted;
-        let label = if accepted { "accepted" } else { "rejected" };
-        metrics::counter!("sms_ingress_control_updates_total", "source" => "file", "result" => label)
-            .increment(1);
+        count_update("file", accepted);
         metrics::gauge!("sms_ingress_control_file_reload_success")
             .set(f64::from(u8::from(accepted)));
         metrics::gauge!("sms_ingress_control_file_reload_timestamp_seconds")
@@ -596,13 +595,7 @@ impl ControlStore {
 
     /// One log line, metric and (for refusals) audit line per judged KV change.
     fn report_kv(&self, target: &str, result: Result<usize, &str>, code: &str, version: u64) {
-        let label = if result.is_ok() {
-            "accepted"
-        } else {
-            "rejected"
-        };
-        metrics::counter!("sms_ingress_control_updates_total", "source" => "kv", "result" => label)
-            .increment(1);
+        count_update("kv", result.is_ok());
         let reason = match result {
             Ok(entries) => {
                 tracing::debug!(entries, version, "control: KV changes applied");
