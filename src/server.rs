@@ -59,7 +59,11 @@ fn publisher(
     webhook: Arc<Webhook>,
 ) -> Publisher {
     Arc::new(move |state: &State| {
-        let snapshot = Snapshot::build(state, &key, &dispatcher).map_err(|e| e.to_string())?;
+        // The store prepares one change at a time, so the serving snapshot is the one
+        // this state was derived from (or an unrelated one, which is simply not reused).
+        let serving = inventory.load_full();
+        let snapshot = Snapshot::build_after(state, &key, &dispatcher, Some(&serving))
+            .map_err(|e| e.to_string())?;
         let (inventory, webhook) = (inventory.clone(), webhook.clone());
         Ok(Box::new(move || {
             inventory.publish(snapshot);

@@ -212,7 +212,7 @@ impl Webhook {
         let Some(message_sid) = form.get("MessageSid").filter(|s| !s.is_empty()) else {
             return Outcome::Rejected(StatusCode::BAD_REQUEST, "message_sid_missing");
         };
-        let Some(entry) = self.inventory.load().lookup(number).cloned() else {
+        let Some(entry) = self.inventory.load().lookup(number) else {
             return Outcome::Dropped("unknown_number");
         };
         let Some(signature) = parts.headers.get("x-twilio-signature") else {

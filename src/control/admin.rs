@@ -1036,8 +1036,13 @@ fn set_number_status(state: &mut State, integration_id: &str, status: Integratio
         IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
         IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
     };
+    let affected = |n: &Number| n.integration_id == integration_id && n.status == from;
+    // Writing copies a shared number list: only when a number really changes.
+    if !state.numbers.iter().any(affected) {
+        return;
+    }
     for n in state.numbers.iter_mut() {
-        if n.integration_id == integration_id && n.status == from {
+        if affected(n) {
             n.status = to;
         }
     }

@@ -361,7 +361,8 @@ mod tests {
                     status: NumberStatus::Active,
                     compliance: None,
                 },
-            ],
+            ]
+            .into(),
         }
     }
 

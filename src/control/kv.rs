@@ -263,7 +263,7 @@ impl Mirror {
         let state = State {
             version: self.last_revision,
             integrations: self.integrations.values().cloned().collect(),
-            numbers,
+            numbers: numbers.into(),
         };
         (state, tolerated)
     }
@@ -921,7 +921,7 @@ mod tests {
         State {
             version: 0,
             integrations,
-            numbers,
+            numbers: numbers.into(),
         }
     }
 

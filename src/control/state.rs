@@ -5,6 +5,7 @@ use super::crypto::Sealed;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Largest inventory whose state file is written indented.
 const PRETTY_MAX_NUMBERS: usize = 10_000;
@@ -19,7 +20,72 @@ pub struct State {
     #[serde(default)]
     pub integrations: Vec<Integration>,
     #[serde(default)]
-    pub numbers: Vec<Number>,
+    pub numbers: Numbers,
+}
+
+/// The number inventory, shared between versions of the state until a change touches a
+/// number: copying a state (every admin change and read starts with one) copies a
+/// pointer, and a change to integrations alone leaves the numbers, and everything built
+/// from them, as they were. Writing through `DerefMut` copies the list first if shared.
+#[derive(Debug, Clone, Default)]
+pub struct Numbers(Arc<Vec<Number>>);
+
+impl Numbers {
+    /// Whether both hold the very same list (no number changed between them).
+    pub fn same(a: &Numbers, b: &Numbers) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl std::ops::Deref for Numbers {
+    type Target = Vec<Number>;
+    fn deref(&self) -> &Vec<Number> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Numbers {
+    fn deref_mut(&mut self) -> &mut Vec<Number> {
+        Arc::make_mut(&mut self.0)
+    }
+}
+
+impl From<Vec<Number>> for Numbers {
+    fn from(v: Vec<Number>) -> Self {
+        Numbers(Arc::new(v))
+    }
+}
+
+impl<'a> IntoIterator for &'a Numbers {
+    type Item = &'a Number;
+    type IntoIter = std::slice::Iter<'a, Number>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<Number> for Numbers {
+    fn from_iter<I: IntoIterator<Item = Number>>(iter: I) -> Self {
+        Numbers::from(iter.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl PartialEq for Numbers {
+    fn eq(&self, other: &Self) -> bool {
+        Numbers::same(self, other) || self.0 == other.0
+    }
+}
+
+impl Serialize for Numbers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_slice().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Numbers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<Number>::deserialize(d).map(Numbers::from)
+    }
 }
 
 /// A tenant's link to one Twilio (sub-)account.
@@ -329,6 +395,40 @@ impl State {
         Ok(())
     }
 
+    /// `validate` for a state derived from `prev` (itself valid): when no number changed,
+    /// no integration went away and none was deactivated, the numbers still hold every
+    /// invariant and only the integrations are checked, so such a change costs the same
+    /// at a million numbers as at ten.
+    pub fn validate_change(&self, prev: &State) -> Result<(), StateError> {
+        if !Numbers::same(&self.numbers, &prev.numbers) {
+            return self.validate();
+        }
+        let mut ids: HashMap<&str, IntegrationStatus, foldhash::fast::RandomState> =
+            HashMap::default();
+        for i in &self.integrations {
+            check_integration(i)?;
+            if ids.insert(&i.id, i.status).is_some() {
+                return Err(StateError::Invalid(format!(
+                    "integration id {} appears twice",
+                    i.id
+                )));
+            }
+        }
+        let numbers_still_hold = prev
+            .integrations
+            .iter()
+            .all(|p| match ids.get(p.id.as_str()) {
+                None => false,
+                Some(IntegrationStatus::Inactive) => p.status == IntegrationStatus::Inactive,
+                Some(IntegrationStatus::Active) => true,
+            });
+        if numbers_still_hold {
+            Ok(())
+        } else {
+            self.validate()
+        }
+    }
+
     /// The integration with this id, if any.
     pub fn integration(&self, id: &str) -> Option<&Integration> {
         self.integrations.iter().find(|i| i.id == id)
@@ -367,7 +467,8 @@ mod tests {
                 queue: "support".into(),
                 status: NumberStatus::Active,
                 compliance: None,
-            }],
+            }]
+            .into(),
         }
     }
 
@@ -388,7 +489,8 @@ mod tests {
     fn validate_catches_each_invariant() {
         assert!(sample().validate().is_ok());
         let mut s = sample();
-        s.numbers.push(s.numbers[0].clone());
+        let first = s.numbers[0].clone();
+        s.numbers.push(first);
         assert!(s.validate().unwrap_err().to_string().contains("twice"));
         let mut s = sample();
         s.integrations[0].account_sid = "ACnope".into();
@@ -410,6 +512,46 @@ mod tests {
         let mut s = sample();
         s.integrations[0].status = IntegrationStatus::Inactive;
         assert!(s.validate().unwrap_err().to_string().contains("inactive"));
+    }
+
+    #[test]
+    fn validate_change_checks_what_an_integration_change_can_break() {
+        let prev = sample();
+        let mut next = prev.clone();
+        next.integrations[0].name = "renamed".into();
+        assert!(Numbers::same(&prev.numbers, &next.numbers), "a copy shares");
+        assert!(next.validate_change(&prev).is_ok());
+
+        let mut next = prev.clone();
+        next.integrations[0].status = IntegrationStatus::Inactive;
+        let err = next.validate_change(&prev).unwrap_err().to_string();
+        assert!(err.contains("inactive"), "{err}");
+
+        let mut next = prev.clone();
+        next.integrations[0].id = "int-2".into();
+        let err = next.validate_change(&prev).unwrap_err().to_string();
+        assert!(err.contains("does not exist"), "{err}");
+
+        let mut next = prev.clone();
+        let dup = next.integrations[0].clone();
+        next.integrations.push(dup);
+        assert!(next
+            .validate_change(&prev)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+
+        // A number change is validated whole, and the write did not touch `prev`.
+        let mut next = prev.clone();
+        let first = next.numbers[0].clone();
+        next.numbers.push(first);
+        assert!(!Numbers::same(&prev.numbers, &next.numbers));
+        assert_eq!(prev.numbers.len(), 1);
+        assert!(next
+            .validate_change(&prev)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]

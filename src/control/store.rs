@@ -309,7 +309,8 @@ impl ControlStore {
         let mut next = current.state.clone();
         let out = change(&mut next)?;
         next.version = current.state.version + 1;
-        let (commit, known, stamp) = in_background(|| self.prepare_file_change(&next))?;
+        let (commit, known, stamp) =
+            in_background(|| self.prepare_file_change(&current.state, &next))?;
         commit();
         current.file = FileMark {
             known,
@@ -323,8 +324,9 @@ impl ControlStore {
 
     /// The O(state) part of a change: validate, build the snapshot (not yet live), encode
     /// and write the file. Returns the swap to make, and what the file now holds.
-    fn prepare_file_change(&self, next: &State) -> Result<PreparedChange, ApiError> {
-        next.validate().map_err(|e| ApiError::state_invalid(&e))?;
+    fn prepare_file_change(&self, prev: &State, next: &State) -> Result<PreparedChange, ApiError> {
+        next.validate_change(prev)
+            .map_err(|e| ApiError::state_invalid(&e))?;
         let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
         let bytes = next.encode();
         match write_atomic(&self.path, &bytes) {
@@ -477,7 +479,8 @@ impl ControlStore {
         }
         let mut next = current.state.clone();
         let out = change(&mut next)?;
-        next.validate().map_err(|e| ApiError::state_invalid(&e))?;
+        next.validate_change(&current.state)
+            .map_err(|e| ApiError::state_invalid(&e))?;
         // Proves the data plane can serve the result before anything is written.
         drop((self.publisher)(&next).map_err(|e| ApiError::publish_failed(&e))?);
         let ops = plan(&current.state, &next);
