@@ -147,6 +147,21 @@ fn snapshot(c: &mut Criterion) {
     g.bench_function("build_1000000", |b| {
         b.iter(|| Snapshot::build(black_box(&st), &mk, &d).unwrap())
     });
+    // What the control plane does for a change that touches no number (the swap every
+    // 100 ms of the SPEC's target): copy the state, edit an integration, validate the
+    // change, build the next snapshot from the serving one.
+    let serving = Snapshot::build(&st, &mk, &d).unwrap();
+    let mut n = 0u64;
+    g.sample_size(50).measurement_time(Duration::from_secs(5));
+    g.bench_function("integration_change_1000000", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut next = st.clone();
+            next.integrations[0].notes = format!("change {n}");
+            next.validate_change(&st).unwrap();
+            Snapshot::build_after(black_box(&next), &mk, &d, Some(&serving)).unwrap()
+        })
+    });
     g.finish();
 }
 

@@ -139,8 +139,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     );
     let (store, kv_watch) = open_store(&cfg, key.clone(), publish, webhook.clone()).await?;
     let store = Arc::new(store.with_audit(AuditLog::open(&cfg.control.audit_log)?));
-    if let Some((backend, watch)) = kv_watch {
-        crate::control::kv::spawn_watcher(store.clone(), backend, watch)?;
+    match kv_watch {
+        Some((backend, watch)) => {
+            crate::control::kv::spawn_watcher(store.clone(), backend, watch)?;
+        }
+        None => ControlStore::spawn_journal_folder(&store)
+            .context("cannot start the state journal's fold thread")?,
     }
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api = Arc::new(
@@ -365,7 +369,10 @@ async fn shutdown_signal() {
 pub fn check(cfg: &Config) -> anyhow::Result<String> {
     let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
     let (state, control) = match cfg.control.store {
-        StoreKind::File => (State::load(&cfg.control.state_file)?, String::new()),
+        StoreKind::File => (
+            crate::control::journal::load(&cfg.control.state_file)?.state,
+            String::new(),
+        ),
         StoreKind::NatsKv => (
             State::default(),
             format!(

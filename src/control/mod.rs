@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod crypto;
 pub mod import;
+pub mod journal;
 pub mod kv;
 pub mod state;
 pub mod store;

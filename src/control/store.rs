@@ -13,16 +13,17 @@
 use super::admin::ApiError;
 use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
+use super::journal::{self, Journal};
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
-use super::state::{write_atomic, State, StateError};
+use super::state::{write_atomic, Numbers, State, StateError};
 use super::watch::{
     decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
 };
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 /// Prepares the data plane for a new state; the closure it returns makes that state live.
 pub type Publisher = Arc<dyn Fn(&State) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
@@ -33,6 +34,14 @@ pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// Tries of a KV change whose compare-and-set keeps losing before it is answered 409.
 pub const CAS_ATTEMPTS: u32 = 10;
+
+/// Inventories of at least this many numbers journal a change that touches no number
+/// instead of rewriting the state file (see `control::journal`); smaller files are
+/// rewritten whole, as people read and edit them.
+pub const JOURNAL_MIN_NUMBERS: usize = 10_000;
+
+/// How long changes must pause before the journal is folded into the state file.
+pub const FOLD_AFTER_IDLE: Duration = Duration::from_secs(10);
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +68,8 @@ pub struct ControlStore {
     in_flight: Arc<Mutex<HashSet<String>>>,
     audit: AuditLog,
     readiness: Option<Readiness>,
+    /// See `JOURNAL_MIN_NUMBERS`.
+    journal_from: usize,
 }
 
 /// The serving state and what the store knows of where it came from.
@@ -70,6 +81,10 @@ struct Current {
     mirror: Mirror,
     /// False while the KV store reloads its bucket; changes are refused meanwhile.
     synced: bool,
+    /// Changes not yet in the state file (file storage).
+    journal: Option<Journal>,
+    /// When the last change was accepted, for folding the journal once changes pause.
+    last_change: Instant,
 }
 
 thread_local! {
@@ -114,9 +129,9 @@ impl Drop for Reservation {
 
 /// A poisoned lock only means a panic elsewhere; the data is still whole (we never
 /// mutate in place), so keep serving.
-/// What a prepared file change hands back: the swap to make, the file's new fingerprint
-/// and stamp.
-type PreparedChange = (Box<dyn FnOnce() + Send>, Fingerprint, FileStamp);
+/// What a prepared file change hands back: the swap to make, and the file's new
+/// fingerprint and stamp if it was rewritten (`None`: the change was journaled).
+type PreparedChange = (Box<dyn FnOnce() + Send>, Option<(Fingerprint, FileStamp)>);
 
 /// How much nicer than the webhooks the thread that prepares a change runs.
 const CHANGE_NICENESS: libc::c_int = 10;
@@ -167,31 +182,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ControlStore {
-    /// Loads the state file (a missing file is an empty state) and publishes it.
+    /// Loads the state file with its journal (a missing file is an empty state) and
+    /// publishes it.
     pub fn open(
         path: impl Into<PathBuf>,
         master_key: Arc<MasterKey>,
         publisher: Publisher,
     ) -> Result<Self, StoreError> {
         let path = path.into();
-        let bytes = State::read_bytes(&path)?;
-        let state = match &bytes {
-            Some(b) => State::parse(&path, b)?,
-            None => State::default(),
-        };
-        let commit = publisher(&state).map_err(StoreError::Publish)?;
+        let loaded = journal::load(&path)?;
+        let commit = publisher(&loaded.state).map_err(StoreError::Publish)?;
         commit();
         let file = FileMark {
-            known: fingerprint(bytes.as_deref()),
+            known: loaded.base,
             rejected: None,
             stamp: None,
         };
         Ok(ControlStore {
             state: Mutex::new(Current {
-                state,
+                state: loaded.state,
                 file,
                 mirror: Mirror::default(),
                 synced: true,
+                journal: Some(loaded.journal),
+                last_change: Instant::now(),
             }),
             path,
             kv: None,
@@ -200,6 +214,7 @@ impl ControlStore {
             in_flight: Arc::default(),
             audit: AuditLog::disabled(),
             readiness: None,
+            journal_from: JOURNAL_MIN_NUMBERS,
         })
     }
 
@@ -217,6 +232,8 @@ impl ControlStore {
                 file: FileMark::default(),
                 mirror: Mirror::default(),
                 synced: true,
+                journal: None,
+                last_change: Instant::now(),
             }),
             path: PathBuf::new(),
             kv: Some(backend),
@@ -225,6 +242,7 @@ impl ControlStore {
             in_flight: Arc::default(),
             audit: AuditLog::disabled(),
             readiness: None,
+            journal_from: JOURNAL_MIN_NUMBERS,
         };
         {
             let mut current = lock(&store.state);
@@ -250,6 +268,12 @@ impl ControlStore {
     /// The fleet's bucket, when this store keeps its records in NATS KV.
     pub fn kv_backend(&self) -> Option<&Arc<KvBackend>> {
         self.kv.as_ref()
+    }
+
+    /// Journals changes that touch no number from this inventory size on (tests use 0).
+    pub fn with_journal_from(mut self, numbers: usize) -> Self {
+        self.journal_from = numbers;
+        self
     }
 
     /// Records every change (admin and file) in this audit log from now on.
@@ -309,33 +333,118 @@ impl ControlStore {
         let mut next = current.state.clone();
         let out = change(&mut next)?;
         next.version = current.state.version + 1;
-        let (commit, known, stamp) =
-            in_background(|| self.prepare_file_change(&current.state, &next))?;
+        // Journaled only on a file that holds what the store knows (not a rejected edit).
+        let journaled = Numbers::same(&current.state.numbers, &next.numbers)
+            && next.numbers.len() >= self.journal_from
+            && current.file.rejected.is_none();
+        let Current {
+            state,
+            file,
+            journal,
+            ..
+        } = &mut *current;
+        let journal = journal.as_mut().expect("file storage has a journal");
+        let base = file.known;
+        let (commit, written) = in_background(|| {
+            self.prepare_file_change(state, &next, journal, journaled.then_some(base))
+        })?;
         commit();
+        if let Some((known, stamp)) = written {
+            current.file = FileMark {
+                known,
+                rejected: None,
+                stamp: Some(stamp),
+            };
+        }
+        current.state = next;
+        current.last_change = Instant::now();
+        LAST_APPLIED.with(|v| v.set(current.state.version));
+        Ok(out)
+    }
+
+    /// The O(change) part of a change: validate, build the snapshot (not yet live), then
+    /// make it durable: appended to the journal when `journal_on` names the state file's
+    /// fingerprint, else the whole file is written (and the journal emptied). Returns the
+    /// swap to make, and what the file now holds if it was written.
+    fn prepare_file_change(
+        &self,
+        prev: &State,
+        next: &State,
+        journal: &mut Journal,
+        journal_on: Option<Fingerprint>,
+    ) -> Result<PreparedChange, ApiError> {
+        next.validate_change(prev)
+            .map_err(|e| ApiError::state_invalid(&e))?;
+        let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
+        if let Some(base) = journal_on {
+            return match journal.append(next, &base) {
+                Ok(()) => Ok((commit, None)),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %journal.path().display(),
+                        "journal not written; change dropped");
+                    Err(ApiError::internal("the state journal could not be written"))
+                }
+            };
+        }
+        let written = self.write_whole(next, journal).map_err(|e| {
+            tracing::error!(error = %e, "state file not written; change dropped");
+            ApiError::internal("the state file could not be written")
+        })?;
+        Ok((commit, Some(written)))
+    }
+
+    /// Writes the whole state file, then empties the journal it now includes (a journal
+    /// left full by a failure here is harmless: its lines are older than the file).
+    fn write_whole(
+        &self,
+        state: &State,
+        journal: &mut Journal,
+    ) -> Result<(Fingerprint, FileStamp), StateError> {
+        let bytes = state.encode();
+        let meta = write_atomic(&self.path, &bytes)?;
+        if let Err(e) = journal.clear() {
+            tracing::warn!(error = %e, path = %journal.path().display(),
+                "journal not emptied after the state file was written; its lines are stale");
+        }
+        Ok((fingerprint(Some(&bytes)), FileStamp::of(&meta)))
+    }
+
+    /// Writes journaled changes into the state file, if there are any and no change came
+    /// for `idle`; true if it did. The file is then whole again for people to read and
+    /// edit. At a million numbers this writes over 100 MB, so it waits for a pause.
+    pub fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
+        let mut current = lock(&self.state);
+        let pending = current.journal.as_ref().is_some_and(Journal::pending);
+        if !pending || current.last_change.elapsed() < idle {
+            return Ok(false);
+        }
+        let Current { state, journal, .. } = &mut *current;
+        let journal = journal.as_mut().expect("pending implies a journal");
+        let (known, stamp) = in_background(|| self.write_whole(state, journal))?;
         current.file = FileMark {
             known,
             rejected: None,
             stamp: Some(stamp),
         };
-        current.state = next;
-        LAST_APPLIED.with(|v| v.set(current.state.version));
-        Ok(out)
+        tracing::info!(version = current.state.version, path = %self.path.display(),
+            "journaled changes written into the state file");
+        metrics::counter!("sms_ingress_control_journal_folds_total").increment(1);
+        Ok(true)
     }
 
-    /// The O(state) part of a change: validate, build the snapshot (not yet live), encode
-    /// and write the file. Returns the swap to make, and what the file now holds.
-    fn prepare_file_change(&self, prev: &State, next: &State) -> Result<PreparedChange, ApiError> {
-        next.validate_change(prev)
-            .map_err(|e| ApiError::state_invalid(&e))?;
-        let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
-        let bytes = next.encode();
-        match write_atomic(&self.path, &bytes) {
-            Ok(meta) => Ok((commit, fingerprint(Some(&bytes)), FileStamp::of(&meta))),
-            Err(e) => {
-                tracing::error!(error = %e, "state file not written; change dropped");
-                Err(ApiError::internal("the state file could not be written"))
-            }
-        }
+    /// Starts the thread that folds the journal once changes pause; it ends with the store.
+    pub fn spawn_journal_folder(store: &Arc<ControlStore>) -> std::io::Result<()> {
+        let weak: Weak<ControlStore> = Arc::downgrade(store);
+        std::thread::Builder::new()
+            .name("journal-fold".into())
+            .spawn(move || loop {
+                std::thread::sleep(FOLD_AFTER_IDLE / 4);
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.fold_journal_if_idle(FOLD_AFTER_IDLE) {
+                    tracing::error!(error = %e, "journal not folded into the state file; retrying");
+                }
+            })
+            .map(|_| ())
     }
 
     /// Brings the store in line with its file: nothing if the file holds what the store
@@ -366,7 +475,12 @@ impl ControlStore {
                     current.file.stamp = stamp;
                     return None;
                 }
-                let result = self.adopt(current, bytes.as_deref());
+                let pending = current.journal.as_ref().is_some_and(Journal::pending);
+                let result = if pending {
+                    Err(ReloadError::JournalPending(current.state.version))
+                } else {
+                    self.adopt(current, bytes.as_deref())
+                };
                 match result {
                     Ok(_) => current.file.known = on_disk,
                     Err(_) => current.file.rejected = Some(on_disk),
@@ -386,6 +500,11 @@ impl ControlStore {
         let commit = (self.publisher)(&next).map_err(ReloadError::Publish)?;
         commit();
         current.state = next;
+        current.last_change = Instant::now();
+        // Stale lines could outrank a lower version written in the file; drop them.
+        if let Some(Err(e)) = current.journal.as_mut().map(Journal::clear) {
+            tracing::warn!(error = %e, "journal not emptied after an accepted edit");
+        }
         Ok(current.state.version)
     }
 
@@ -914,6 +1033,111 @@ mod tests {
         assert_eq!((state.version, state.numbers.len()), (2, 2));
         assert_eq!(*live.lock().unwrap(), vec![0, 1, 2]);
         assert_eq!(State::load(&path).unwrap(), state);
+    }
+
+    #[test]
+    fn integration_changes_are_journaled_replayed_and_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let jpath = journal::path_for(&path);
+        let k = key();
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let open = || {
+            ControlStore::open(
+                &path,
+                Arc::clone(&k),
+                recording(Arc::default(), live.clone()),
+            )
+            .unwrap()
+            .with_journal_from(1)
+        };
+        let store = open();
+        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
+        store
+            .apply(|s| {
+                s.integrations.push(integration("int-1", sealed.clone()));
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            !jpath.exists(),
+            "below the threshold the file is written whole"
+        );
+        store
+            .apply(|s| {
+                s.numbers.push(number("+14155550100"));
+                Ok(())
+            })
+            .unwrap();
+        let file_before = std::fs::read(&path).unwrap();
+
+        // Integration-only changes: journaled, served, the file untouched.
+        for name in ["second", "third"] {
+            store
+                .apply(|s| {
+                    s.integrations[0].name = name.into();
+                    Ok(())
+                })
+                .unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), file_before);
+        assert_eq!(*live.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert!(
+            store.sync_with_file().is_none(),
+            "the journal is not an edit"
+        );
+        let serving = store.snapshot();
+        assert_eq!(
+            (serving.version, serving.integrations[0].name.as_str()),
+            (4, "third")
+        );
+
+        // A restart replays the journal on the file.
+        drop(store);
+        let store = open();
+        assert_eq!(store.snapshot(), serving);
+
+        // An edit of the file while changes are journaled would drop them: refused.
+        let mut edited = State::load(&path).unwrap();
+        edited.integrations[0].notes = "edited".into();
+        edited.save(&path).unwrap();
+        let err = store.sync_with_file().unwrap().unwrap_err();
+        assert_eq!(err.code(), "journal_pending");
+        assert_eq!(store.snapshot(), serving);
+
+        // Not folded while changes keep coming; folded once they pause.
+        assert!(!store.fold_journal_if_idle(Duration::from_secs(60)).unwrap());
+        assert!(store.fold_journal_if_idle(Duration::ZERO).unwrap());
+        assert_eq!(State::load(&path).unwrap(), serving);
+        assert_eq!(std::fs::metadata(&jpath).unwrap().len(), 0);
+        assert!(!store.fold_journal_if_idle(Duration::ZERO).unwrap(), "once");
+        assert!(
+            store.sync_with_file().is_none(),
+            "the fold is the store's own write"
+        );
+
+        // With the journal empty, edits are judged as before; a number change writes the
+        // whole file.
+        edited = State::load(&path).unwrap();
+        edited.integrations[0].notes = "edited".into();
+        edited.save(&path).unwrap();
+        assert_eq!(store.sync_with_file().unwrap().unwrap(), 5);
+        store
+            .apply(|s| {
+                s.integrations[0].name = "fourth".into();
+                Ok(())
+            })
+            .unwrap();
+        assert!(std::fs::metadata(&jpath).unwrap().len() > 0);
+        store
+            .apply(|s| {
+                s.numbers.push(number("+14155550101"));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(std::fs::metadata(&jpath).unwrap().len(), 0);
+        assert_eq!(State::load(&path).unwrap(), store.snapshot());
+        assert_eq!(store.snapshot().integrations[0].name, "fourth");
     }
 
     #[test]

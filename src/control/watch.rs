@@ -114,6 +114,13 @@ pub enum ReloadError {
     /// The data plane could not build a snapshot from it (token does not open, queue fails).
     #[error("the data plane refused it: {0}")]
     Publish(String),
+    /// Admin changes up to this version are in the journal, not yet in the file the edit
+    /// was made on; the file is rewritten with them when changes pause.
+    #[error(
+        "the file was edited while admin changes up to version {0} were journaled beside it \
+         and not yet written into it; edit the file again once it has been rewritten"
+    )]
+    JournalPending(u64),
 }
 
 impl ReloadError {
@@ -125,6 +132,7 @@ impl ReloadError {
             ReloadError::Parse(_) => "parse_error",
             ReloadError::Invalid(_) => "state_invalid",
             ReloadError::Publish(_) => "publish_failed",
+            ReloadError::JournalPending(_) => "journal_pending",
         }
     }
 

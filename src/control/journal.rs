@@ -1,0 +1,325 @@
+//! Integration changes of a large inventory, appended to a journal beside the state file
+//! (`state.json.journal`) instead of rewriting the whole file: at a million numbers the
+//! file is over 100 MB, and rewriting it for every token rotation or status change would
+//! take seconds of disk time from the spool's fsyncs. Each line holds the complete
+//! integration list after one change, the version it made, and the fingerprint of the
+//! state file it applies on; loading replays the lines on that file. The store folds the
+//! journal into the file when changes pause (see `ControlStore::fold_journal`).
+
+use super::state::{write_atomic, Integration, State, StateError};
+use super::watch::Fingerprint;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Past this size the journal is replaced by its last line (each line is whole).
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// One journaled change, as a line of JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record<I> {
+    version: u64,
+    /// SHA-256 (hex) of the state file the change was made on.
+    base: String,
+    integrations: I,
+}
+
+/// The state file and the journal read together, as the store starts from them.
+#[derive(Debug)]
+pub struct Loaded {
+    pub state: State,
+    /// The state file's fingerprint (`None`: no file).
+    pub base: Fingerprint,
+    /// The journal, ready to append after its last whole line.
+    pub journal: Journal,
+}
+
+/// The journal file and how much of it holds changes.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Option<File>,
+    /// Bytes of whole lines (a torn last line from a crash is cut off before appending).
+    len: u64,
+    /// Whether some line holds a change the state file lacks.
+    pending: bool,
+}
+
+/// The journal's path for a state file: the same name with `.journal` appended.
+pub fn path_for(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_os_string();
+    name.push(".journal");
+    PathBuf::from(name)
+}
+
+fn hex(fp: &Fingerprint) -> String {
+    match fp {
+        Some(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        None => "none".into(),
+    }
+}
+
+/// Reads the state file, replays the journal's changes made on exactly that file, and
+/// validates the result whole. Lines older than the file (a fold that stopped before
+/// emptying the journal) are skipped; newer lines made on another file mean the file was
+/// replaced while changes were still journaled, which is refused rather than guessed at.
+pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
+    let bytes = State::read_bytes(state_file)?;
+    let base = super::watch::fingerprint(bytes.as_deref());
+    let mut state: State = match &bytes {
+        Some(b) => serde_json::from_slice(b).map_err(|source| StateError::Parse {
+            path: state_file.display().to_string(),
+            source,
+        })?,
+        None => State::default(),
+    };
+    let path = path_for(state_file);
+    let journal_bytes = State::read_bytes(&path)?.unwrap_or_default();
+    let (mut len, mut pending) = (0u64, false);
+    let base_hex = hex(&base);
+    for line in journal_bytes.split_inclusive(|b| *b == b'\n') {
+        if !line.ends_with(b"\n") {
+            break; // torn by a crash mid-append: never acknowledged
+        }
+        let record: Record<Vec<Integration>> =
+            serde_json::from_slice(line).map_err(|source| StateError::Parse {
+                path: path.display().to_string(),
+                source,
+            })?;
+        len += line.len() as u64;
+        if record.version <= state.version && !pending {
+            continue;
+        }
+        if record.base != base_hex {
+            return Err(StateError::Invalid(format!(
+                "{} holds changes up to version {} made on another version of {}: the state \
+                 file was replaced while changes were journaled. Restore the file, or remove \
+                 the journal to drop those changes",
+                path.display(),
+                record.version,
+                state_file.display()
+            )));
+        }
+        state.version = record.version;
+        state.integrations = record.integrations;
+        pending = true;
+    }
+    state.validate()?;
+    Ok(Loaded {
+        state,
+        base,
+        journal: Journal {
+            path,
+            file: None,
+            len,
+            pending,
+        },
+    })
+}
+
+impl Journal {
+    /// Whether the journal holds changes the state file lacks.
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `state`'s integrations as made on the file with fingerprint `base`, and
+    /// syncs: when this returns `Ok` the change survives a crash. On error the journal is
+    /// cut back to what it held, so a change reported failed is never replayed.
+    pub fn append(&mut self, state: &State, base: &Fingerprint) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&Record {
+            version: state.version,
+            base: hex(base),
+            integrations: &state.integrations,
+        })
+        .map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if self.len + line.len() as u64 > MAX_BYTES {
+            // Every line is whole, so the last one alone is the journal.
+            self.file = None;
+            write_atomic(&self.path, &line).map_err(|e| match e {
+                StateError::Write { source, .. } => source,
+                other => std::io::Error::other(other.to_string()),
+            })?;
+            self.len = line.len() as u64;
+            self.pending = true;
+            return Ok(());
+        }
+        let file = self.file()?;
+        let written = file.write_all(&line).and_then(|()| file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                self.pending = true;
+                Ok(())
+            }
+            Err(e) => {
+                let len = self.len;
+                if let Err(cut) = self.file()?.set_len(len) {
+                    tracing::error!(error = %cut, "journal: cannot cut back a failed append");
+                }
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Empties the journal once the state file holds everything in it.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.pending = false;
+        if self.len == 0 {
+            return Ok(());
+        }
+        let file = self.file()?;
+        file.set_len(0)?;
+        file.sync_data()?;
+        self.len = 0;
+        Ok(())
+    }
+
+    /// The open file, cut to its whole lines (a crash may have left a torn tail).
+    fn file(&mut self) -> std::io::Result<&mut File> {
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            if file.metadata()?.len() != self.len {
+                file.set_len(self.len)?;
+            }
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::crypto::Sealed;
+    use crate::control::state::IntegrationStatus;
+
+    fn integration(id: &str, name: &str) -> Integration {
+        Integration {
+            id: id.into(),
+            org: "org-a".into(),
+            name: name.into(),
+            notes: String::new(),
+            account_sid: format!("AC{}", "c".repeat(32)),
+            auth_token: Sealed {
+                nonce: "AAAAAAAAAAAAAAAA".into(),
+                ciphertext: "AAAA".into(),
+            },
+            next_auth_token: None,
+            status: IntegrationStatus::Active,
+        }
+    }
+
+    fn base_state() -> State {
+        State {
+            version: 3,
+            integrations: vec![integration("int-1", "first")],
+            numbers: Default::default(),
+        }
+    }
+
+    #[test]
+    fn changes_replay_on_their_file_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        base_state().save(&file).unwrap();
+        let mut loaded = load(&file).unwrap();
+        assert!(!loaded.journal.pending());
+        for (v, name) in [(4, "second"), (5, "third")] {
+            let mut s = loaded.state.clone();
+            s.version = v;
+            s.integrations[0].name = name.into();
+            loaded.journal.append(&s, &loaded.base).unwrap();
+        }
+        // A crash mid-append leaves half a line: ignored, then cut before the next append.
+        let jpath = path_for(&file);
+        let mut f = OpenOptions::new().append(true).open(&jpath).unwrap();
+        f.write_all(br#"{"version":6,"base":"#).unwrap();
+        drop(f);
+        let mut again = load(&file).unwrap();
+        assert_eq!(again.state.version, 5);
+        assert_eq!(again.state.integrations[0].name, "third");
+        assert!(again.journal.pending());
+        let mut s = again.state.clone();
+        s.version = 6;
+        s.integrations[0].name = "fourth".into();
+        again.journal.append(&s, &again.base).unwrap();
+        assert_eq!(load(&file).unwrap().state, s);
+        assert!(!std::fs::read_to_string(&jpath)
+            .unwrap()
+            .contains(r#"base":{"#));
+
+        // Folded: the file holds version 6, the journal is emptied.
+        s.save(&file).unwrap();
+        again.journal.clear().unwrap();
+        assert_eq!(std::fs::metadata(&jpath).unwrap().len(), 0);
+        let folded = load(&file).unwrap();
+        assert_eq!(folded.state, s);
+        assert!(!folded.journal.pending());
+    }
+
+    #[test]
+    fn stale_lines_are_skipped_and_a_replaced_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        base_state().save(&file).unwrap();
+        let mut loaded = load(&file).unwrap();
+        let mut s = loaded.state.clone();
+        s.version = 4;
+        s.integrations[0].name = "journaled".into();
+        loaded.journal.append(&s, &loaded.base).unwrap();
+
+        // The file replaced under pending changes: refused, naming the way out.
+        let mut other = base_state();
+        other.integrations[0].name = "edited offline".into();
+        other.save(&file).unwrap();
+        let err = load(&file).unwrap_err().to_string();
+        assert!(err.contains("remove the journal"), "{err}");
+
+        // A fold that wrote the file but stopped before emptying the journal: the line
+        // is older than the file and skipped.
+        s.version = 4;
+        s.save(&file).unwrap();
+        let after = load(&file).unwrap();
+        assert_eq!(after.state, s);
+        assert!(!after.journal.pending());
+    }
+
+    #[test]
+    fn a_full_journal_is_replaced_by_its_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        base_state().save(&file).unwrap();
+        let mut loaded = load(&file).unwrap();
+        let mut s = loaded.state.clone();
+        s.integrations[0].notes = "x".repeat(100_000);
+        for v in 4..30 {
+            s.version = v;
+            loaded.journal.append(&s, &loaded.base).unwrap();
+        }
+        let jlen = std::fs::metadata(path_for(&file)).unwrap().len();
+        assert!(jlen <= MAX_BYTES, "{jlen}");
+        assert_eq!(load(&file).unwrap().state, s);
+    }
+
+    #[test]
+    fn a_corrupt_whole_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        base_state().save(&file).unwrap();
+        std::fs::write(path_for(&file), b"not json\n").unwrap();
+        assert!(matches!(load(&file), Err(StateError::Parse { .. })));
+    }
+}
