@@ -610,11 +610,7 @@ fn integration_view(state: &State, i: &Integration) -> Value {
         account_sid: &i.account_sid,
         status: i.status,
         has_next_auth_token: i.next_auth_token.is_some(),
-        number_count: state
-            .numbers
-            .iter()
-            .filter(|n| n.integration_id == i.id)
-            .count(),
+        number_count: state.numbers.count_of(&i.id),
     };
     serde_json::to_value(view).unwrap_or(Value::Null)
 }

@@ -28,31 +28,57 @@ pub struct State {
 /// pointer, and a change to integrations alone leaves the numbers, and everything built
 /// from them, as they were. Writing through `DerefMut` copies the list first if shared.
 #[derive(Debug, Clone, Default)]
-pub struct Numbers(Arc<Vec<Number>>);
+pub struct Numbers(Arc<NumberList>);
+
+/// The list, and what is derived from it once per version of it.
+#[derive(Debug, Clone, Default)]
+struct NumberList {
+    list: Vec<Number>,
+    /// Numbers per integration id; emptied by every write.
+    counts: std::sync::OnceLock<HashMap<String, usize>>,
+}
 
 impl Numbers {
     /// Whether both hold the very same list (no number changed between them).
     pub fn same(a: &Numbers, b: &Numbers) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
     }
+
+    /// How many numbers belong to `integration_id`: counted once per version of the
+    /// list, so every integration view after a change that touched no number is free.
+    pub fn count_of(&self, integration_id: &str) -> usize {
+        let counts = self.0.counts.get_or_init(|| {
+            let mut counts = HashMap::new();
+            for n in &self.0.list {
+                *counts.entry(n.integration_id.clone()).or_insert(0) += 1;
+            }
+            counts
+        });
+        counts.get(integration_id).copied().unwrap_or(0)
+    }
 }
 
 impl std::ops::Deref for Numbers {
     type Target = Vec<Number>;
     fn deref(&self) -> &Vec<Number> {
-        &self.0
+        &self.0.list
     }
 }
 
 impl std::ops::DerefMut for Numbers {
     fn deref_mut(&mut self) -> &mut Vec<Number> {
-        Arc::make_mut(&mut self.0)
+        let inner = Arc::make_mut(&mut self.0);
+        inner.counts = std::sync::OnceLock::new();
+        &mut inner.list
     }
 }
 
 impl From<Vec<Number>> for Numbers {
-    fn from(v: Vec<Number>) -> Self {
-        Numbers(Arc::new(v))
+    fn from(list: Vec<Number>) -> Self {
+        Numbers(Arc::new(NumberList {
+            list,
+            counts: std::sync::OnceLock::new(),
+        }))
     }
 }
 
@@ -60,7 +86,7 @@ impl<'a> IntoIterator for &'a Numbers {
     type Item = &'a Number;
     type IntoIter = std::slice::Iter<'a, Number>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.0.list.iter()
     }
 }
 
@@ -72,13 +98,13 @@ impl FromIterator<Number> for Numbers {
 
 impl PartialEq for Numbers {
     fn eq(&self, other: &Self) -> bool {
-        Numbers::same(self, other) || self.0 == other.0
+        Numbers::same(self, other) || self.0.list == other.0.list
     }
 }
 
 impl Serialize for Numbers {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.as_slice().serialize(s)
+        self.0.list.serialize(s)
     }
 }
 
@@ -547,11 +573,20 @@ mod tests {
         next.numbers.push(first);
         assert!(!Numbers::same(&prev.numbers, &next.numbers));
         assert_eq!(prev.numbers.len(), 1);
+        assert_eq!(prev.numbers.count_of("int-1"), 1);
         assert!(next
             .validate_change(&prev)
             .unwrap_err()
             .to_string()
             .contains("twice"));
+        assert_eq!(
+            next.numbers.count_of("int-1"),
+            2,
+            "the write dropped the count"
+        );
+        next.numbers.pop();
+        assert_eq!(next.numbers.count_of("int-1"), 1);
+        assert_eq!(next.numbers.count_of("int-9"), 0);
     }
 
     #[test]
