@@ -339,3 +339,82 @@ fn audit_log_has_one_line_per_change_and_no_token() {
     assert_eq!(file["state_version"], 5);
     assert!(file["target"].as_str().unwrap().ends_with("state.json"));
 }
+
+/// Imports `count` more numbers of integration `id` in one bulk request.
+fn bulk_import(s: &TestServer, id: &str, count: usize) {
+    let numbers: Vec<Value> = (0..count)
+        .map(|i| {
+            json!({"sender_id": format!("+1415600{i:04}"), "type": "local", "country": "US",
+                   "integration_id": id, "queue": "support"})
+        })
+        .collect();
+    let r = s.admin(
+        "POST",
+        "/api/v1/numbers/bulk",
+        ADMIN_TOKEN,
+        Some(&json!({ "numbers": numbers })),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
+#[test]
+fn a_large_inventory_journals_integration_changes_that_survive_kill9_and_fold_in() {
+    let (s, id) = server();
+    bulk_import(&s, &id, 10_000);
+    let file_before = std::fs::read(state_path(&s)).unwrap();
+    let journal = s.dir.join("state.json.journal");
+
+    // A rotation at 10,001 numbers: journaled, live at once, the big file untouched.
+    let r = patch(&s, &id, json!({"next_auth_token": NEXT}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["number_count"], 10_001);
+    assert_eq!(std::fs::read(state_path(&s)).unwrap(), file_before);
+    let journaled = std::fs::read_to_string(&journal).unwrap();
+    assert!(journaled.contains("next_auth_token") && !journaled.contains(NEXT));
+    assert_eq!(
+        inbound(&s, OURS, "SM50000000000000000000000000000001", NEXT),
+        200
+    );
+
+    // kill -9 and restart: the journal is replayed on the file.
+    let mut s = s;
+    s.kill9();
+    let s = s.restart();
+    assert_eq!(
+        inbound(&s, OURS, "SM50000000000000000000000000000002", NEXT),
+        200
+    );
+
+    // An edit of the file while the rotation is only journaled would drop it: rejected.
+    let rejected = updates(&s, "file", "rejected");
+    let mut edited = read_state(&s);
+    edited["integrations"][0]["name"] = json!("edited over the journal");
+    replace_file(&state_path(&s), edited.to_string().as_bytes());
+    eventually("the edit to be rejected", || {
+        updates(&s, "file", "rejected") > rejected
+    });
+    assert_eq!(
+        inbound(&s, OURS, "SM50000000000000000000000000000003", NEXT),
+        200
+    );
+
+    // Ten seconds after the last change the journal is written into the file.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.metric("sms_ingress_control_journal_folds_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the journal was not folded in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = read_state(&s);
+    assert!(state["integrations"][0]["next_auth_token"].is_object());
+    assert_eq!(state["integrations"][0]["name"], "test");
+    assert_eq!(state["numbers"].as_array().unwrap().len(), 10_001);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
+    let s = s.restart();
+    assert_eq!(
+        inbound(&s, OURS, "SM50000000000000000000000000000004", NEXT),
+        200
+    );
+}
