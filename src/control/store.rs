@@ -836,13 +836,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(*live.lock().unwrap(), vec![0]);
-        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
-        store
-            .apply(|s| {
-                s.integrations.push(integration("int-1", sealed.clone()));
-                Ok(())
-            })
-            .unwrap();
+        add_integration(&store, &k);
         assert_eq!(*live.lock().unwrap(), vec![0, 1]);
         assert_eq!(State::load(&path).unwrap(), store.snapshot());
         assert_eq!(store.snapshot().version, 1);
@@ -873,6 +867,17 @@ mod tests {
         assert_eq!(err.code(), "state_invalid");
         assert_eq!(std::fs::read(&path).unwrap(), before);
         assert_eq!(*live.lock().unwrap(), vec![0, 1]);
+    }
+
+    /// Adds integration `int-1` (token sealed under `k`) through `apply`.
+    fn add_integration(store: &ControlStore, k: &MasterKey) {
+        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
+        store
+            .apply(|s| {
+                s.integrations.push(integration("int-1", sealed.clone()));
+                Ok(())
+            })
+            .unwrap();
     }
 
     fn number(sender_id: &str) -> crate::control::state::Number {
@@ -922,13 +927,7 @@ mod tests {
             recording(Arc::default(), Arc::default()),
         )
         .unwrap();
-        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
-        store
-            .apply(|s| {
-                s.integrations.push(integration("int-1", sealed.clone()));
-                Ok(())
-            })
-            .unwrap();
+        add_integration(&store, &k);
         // The change recorded the file's stamp, so looking again reads nothing...
         assert!(store.sync_with_file().is_none());
         // ...but an editor writing into the same inode moves its mtime, and is seen.
@@ -960,13 +959,7 @@ mod tests {
         )
         .unwrap();
         assert!(store.sync_with_file().is_none(), "no file, nothing known");
-        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
-        store
-            .apply(|s| {
-                s.integrations.push(integration("int-1", sealed.clone()));
-                Ok(())
-            })
-            .unwrap();
+        add_integration(&store, &k);
         assert_eq!(last_applied_version(), 1);
         assert!(store.sync_with_file().is_none(), "the store's own write");
 
@@ -1052,13 +1045,7 @@ mod tests {
             .with_journal_from(1)
         };
         let store = open();
-        let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
-        store
-            .apply(|s| {
-                s.integrations.push(integration("int-1", sealed.clone()));
-                Ok(())
-            })
-            .unwrap();
+        add_integration(&store, &k);
         assert!(
             !jpath.exists(),
             "below the threshold the file is written whole"
