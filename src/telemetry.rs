@@ -66,6 +66,10 @@ fn describe() {
         "sms_ingress_control_updates_total",
         "Control-plane changes by source and result"
     );
+    describe_counter!(
+        "sms_ingress_control_journal_folds_total",
+        "Times journaled control-plane changes were written into the state file"
+    );
     describe_gauge!(
         "sms_ingress_queue_depth",
         "Envelopes waiting in a queue after its last batch"
