@@ -162,6 +162,18 @@ fn snapshot(c: &mut Criterion) {
             Snapshot::build_after(black_box(&next), &mk, &d, Some(&serving)).unwrap()
         })
     });
+    // The same for a change to one number: the list is copied on write, validated
+    // whole, compared with the serving one, and the change laid over the shared map.
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("number_change_1000000", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut next = st.clone();
+            next.numbers[500_000].queue = format!("q{}", n % 4);
+            next.validate_change(&st).unwrap();
+            Snapshot::build_after(black_box(&next), &mk, &d, Some(&serving)).unwrap()
+        })
+    });
     g.finish();
 }
 

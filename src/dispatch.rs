@@ -320,11 +320,14 @@ mod tests {
         (Dispatcher::new(factory, capacity, 64), batches, fail)
     }
 
-    /// The nice value of this process's thread named `name` (from /proc).
+    /// The nice value of this process's thread named `name` (from /proc). Other tests'
+    /// threads come and go meanwhile: one that vanished mid-listing is skipped.
     fn nice_of_thread(name: &str) -> Option<i64> {
-        for entry in std::fs::read_dir("/proc/self/task").ok()? {
-            let dir = entry.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let dir = entry.path();
+            let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+                continue;
+            };
             if comm.trim_end() == name {
                 let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
                 let after_comm = &stat[stat.rfind(')')? + 2..];

@@ -358,7 +358,7 @@ fn bulk_import(s: &TestServer, id: &str, count: usize) {
 }
 
 #[test]
-fn a_large_inventory_journals_integration_changes_that_survive_kill9_and_fold_in() {
+fn a_large_inventory_journals_small_changes_that_survive_kill9_and_fold_in() {
     let (s, id) = server();
     bulk_import(&s, &id, 10_000);
     let file_before = std::fs::read(state_path(&s)).unwrap();
@@ -376,6 +376,23 @@ fn a_large_inventory_journals_integration_changes_that_survive_kill9_and_fold_in
         200
     );
 
+    // One number deleted, one imported: journaled as well.
+    let gone = "/api/v1/numbers/%2B14156000005";
+    assert_eq!(s.admin("DELETE", gone, ADMIN_TOKEN, None).status, 204);
+    let new = json!({"sender_id": "+14157000001", "type": "local", "country": "US",
+                     "integration_id": id, "queue": "support"});
+    let r = s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&new));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(std::fs::read(state_path(&s)).unwrap(), file_before);
+    let listed = |s: &TestServer, sender_id: &str| {
+        let r = s.admin("GET", "/api/v1/numbers", ADMIN_TOKEN, None);
+        let list = r.json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["sender_id"] == sender_id)
+    };
+
     // kill -9 and restart: the journal is replayed on the file.
     let mut s = s;
     s.kill9();
@@ -384,6 +401,8 @@ fn a_large_inventory_journals_integration_changes_that_survive_kill9_and_fold_in
         inbound(&s, OURS, "SM50000000000000000000000000000002", NEXT),
         200
     );
+    assert!(!listed(&s, "+14156000005") && listed(&s, "+14157000001"));
+    assert!(listed(&s, "+14156000006"));
 
     // An edit of the file while the rotation is only journaled would drop it: rejected.
     let rejected = updates(&s, "file", "rejected");
@@ -410,7 +429,10 @@ fn a_large_inventory_journals_integration_changes_that_survive_kill9_and_fold_in
     let state = read_state(&s);
     assert!(state["integrations"][0]["next_auth_token"].is_object());
     assert_eq!(state["integrations"][0]["name"], "test");
-    assert_eq!(state["numbers"].as_array().unwrap().len(), 10_001);
+    let numbers = state["numbers"].as_array().unwrap();
+    assert_eq!(numbers.len(), 10_001);
+    assert!(numbers.iter().any(|n| n["sender_id"] == "+14157000001"));
+    assert!(!numbers.iter().any(|n| n["sender_id"] == "+14156000005"));
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
     let s = s.restart();
     assert_eq!(

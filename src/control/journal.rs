@@ -1,29 +1,47 @@
-//! Integration changes of a large inventory, appended to a journal beside the state file
+//! Small changes of a large inventory, appended to a journal beside the state file
 //! (`state.json.journal`) instead of rewriting the whole file: at a million numbers the
-//! file is over 100 MB, and rewriting it for every token rotation or status change would
-//! take seconds of disk time from the spool's fsyncs. Each line holds the complete
-//! integration list after one change, the version it made, and the fingerprint of the
-//! state file it applies on; loading replays the lines on that file. The store folds the
-//! journal into the file when changes pause (see `ControlStore::fold_journal`).
+//! file is over 100 MB, and rewriting it for every token rotation, status change or
+//! single import would take seconds of disk time from the spool's fsyncs. Each line holds
+//! the complete integration list after one change, the numbers it changed (a
+//! `NumberDelta`), the version it made, and the fingerprint of the state file it applies
+//! on; loading replays the lines in order on that file. The store folds the journal into
+//! the file when changes pause (see `ControlStore::fold_journal_if_idle`).
 
-use super::state::{write_atomic, Integration, State, StateError};
+use super::state::{write_atomic, Integration, NumberDelta, State, StateError};
 use super::watch::Fingerprint;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Past this size the journal is replaced by its last line (each line is whole).
+/// Past this size the journal is replaced by its last line if no line changed numbers
+/// (each line holds all integrations); else the state file is written whole instead.
 pub const MAX_BYTES: u64 = 1 << 20;
 
 /// One journaled change, as a line of JSON.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Record<I> {
+#[derive(Serialize)]
+struct Record<'a> {
     version: u64,
     /// SHA-256 (hex) of the state file the change was made on.
     base: String,
-    integrations: I,
+    integrations: &'a [Integration],
+    #[serde(skip_serializing_if = "no_numbers")]
+    numbers: &'a NumberDelta,
+}
+
+fn no_numbers(delta: &&NumberDelta) -> bool {
+    delta.is_empty()
+}
+
+/// One journaled change, as read back.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replayed {
+    version: u64,
+    base: String,
+    integrations: Vec<Integration>,
+    #[serde(default)]
+    numbers: NumberDelta,
 }
 
 /// The state file and the journal read together, as the store starts from them.
@@ -45,6 +63,8 @@ pub struct Journal {
     len: u64,
     /// Whether some line holds a change the state file lacks.
     pending: bool,
+    /// Whether some line changed numbers (then the last line alone is not the journal).
+    has_deltas: bool,
 }
 
 /// The journal's path for a state file: the same name with `.journal` appended.
@@ -77,13 +97,13 @@ pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
     };
     let path = path_for(state_file);
     let journal_bytes = State::read_bytes(&path)?.unwrap_or_default();
-    let (mut len, mut pending) = (0u64, false);
+    let (mut len, mut pending, mut has_deltas) = (0u64, false, false);
     let base_hex = hex(&base);
     for line in journal_bytes.split_inclusive(|b| *b == b'\n') {
         if !line.ends_with(b"\n") {
             break; // torn by a crash mid-append: never acknowledged
         }
-        let record: Record<Vec<Integration>> =
+        let record: Replayed =
             serde_json::from_slice(line).map_err(|source| StateError::Parse {
                 path: path.display().to_string(),
                 source,
@@ -104,6 +124,10 @@ pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
         }
         state.version = record.version;
         state.integrations = record.integrations;
+        if !record.numbers.is_empty() {
+            record.numbers.apply(&mut state.numbers);
+            has_deltas = true;
+        }
         pending = true;
     }
     state.validate()?;
@@ -115,6 +139,7 @@ pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
             file: None,
             len,
             pending,
+            has_deltas,
         },
     })
 }
@@ -130,18 +155,30 @@ impl Journal {
         &self.path
     }
 
-    /// Appends `state`'s integrations as made on the file with fingerprint `base`, and
-    /// syncs: when this returns `Ok` the change survives a crash. On error the journal is
-    /// cut back to what it held, so a change reported failed is never replayed.
-    pub fn append(&mut self, state: &State, base: &Fingerprint) -> std::io::Result<()> {
+    /// Appends `state`'s integrations and the numbers it changed (`delta`), as made on
+    /// the file with fingerprint `base`, and syncs: when this returns `Ok(true)` the change
+    /// survives a crash. `Ok(false)`: the journal is full; write the state file whole. On
+    /// error the journal is cut back to what it held, so a change reported failed is
+    /// never replayed.
+    pub fn append(
+        &mut self,
+        state: &State,
+        base: &Fingerprint,
+        delta: &NumberDelta,
+    ) -> std::io::Result<bool> {
         let mut line = serde_json::to_vec(&Record {
             version: state.version,
             base: hex(base),
             integrations: &state.integrations,
+            numbers: delta,
         })
         .map_err(std::io::Error::other)?;
         line.push(b'\n');
-        if self.len + line.len() as u64 > MAX_BYTES {
+        let full = self.len + line.len() as u64 > MAX_BYTES;
+        if full && (self.has_deltas || !delta.is_empty()) {
+            return Ok(false);
+        }
+        if full {
             // Every line is whole, so the last one alone is the journal.
             self.file = None;
             write_atomic(&self.path, &line).map_err(|e| match e {
@@ -150,7 +187,7 @@ impl Journal {
             })?;
             self.len = line.len() as u64;
             self.pending = true;
-            return Ok(());
+            return Ok(true);
         }
         let file = self.file()?;
         let written = file.write_all(&line).and_then(|()| file.sync_data());
@@ -158,7 +195,8 @@ impl Journal {
             Ok(()) => {
                 self.len += line.len() as u64;
                 self.pending = true;
-                Ok(())
+                self.has_deltas |= !delta.is_empty();
+                Ok(true)
             }
             Err(e) => {
                 let len = self.len;
@@ -174,6 +212,7 @@ impl Journal {
     /// Empties the journal once the state file holds everything in it.
     pub fn clear(&mut self) -> std::io::Result<()> {
         self.pending = false;
+        self.has_deltas = false;
         if self.len == 0 {
             return Ok(());
         }
@@ -204,7 +243,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::control::crypto::Sealed;
-    use crate::control::state::IntegrationStatus;
+    use crate::control::state::{IntegrationStatus, Number, NumberStatus, NumberType};
 
     fn integration(id: &str, name: &str) -> Integration {
         Integration {
@@ -220,6 +259,10 @@ mod tests {
             next_auth_token: None,
             status: IntegrationStatus::Active,
         }
+    }
+
+    fn none() -> NumberDelta {
+        NumberDelta::default()
     }
 
     fn base_state() -> State {
@@ -241,7 +284,7 @@ mod tests {
             let mut s = loaded.state.clone();
             s.version = v;
             s.integrations[0].name = name.into();
-            loaded.journal.append(&s, &loaded.base).unwrap();
+            assert!(loaded.journal.append(&s, &loaded.base, &none()).unwrap());
         }
         // A crash mid-append leaves half a line: ignored, then cut before the next append.
         let jpath = path_for(&file);
@@ -255,7 +298,7 @@ mod tests {
         let mut s = again.state.clone();
         s.version = 6;
         s.integrations[0].name = "fourth".into();
-        again.journal.append(&s, &again.base).unwrap();
+        assert!(again.journal.append(&s, &again.base, &none()).unwrap());
         assert_eq!(load(&file).unwrap().state, s);
         assert!(!std::fs::read_to_string(&jpath)
             .unwrap()
@@ -279,7 +322,7 @@ mod tests {
         let mut s = loaded.state.clone();
         s.version = 4;
         s.integrations[0].name = "journaled".into();
-        loaded.journal.append(&s, &loaded.base).unwrap();
+        assert!(loaded.journal.append(&s, &loaded.base, &none()).unwrap());
 
         // The file replaced under pending changes: refused, naming the way out.
         let mut other = base_state();
@@ -307,11 +350,56 @@ mod tests {
         s.integrations[0].notes = "x".repeat(100_000);
         for v in 4..30 {
             s.version = v;
-            loaded.journal.append(&s, &loaded.base).unwrap();
+            assert!(loaded.journal.append(&s, &loaded.base, &none()).unwrap());
         }
         let jlen = std::fs::metadata(path_for(&file)).unwrap().len();
         assert!(jlen <= MAX_BYTES, "{jlen}");
         assert_eq!(load(&file).unwrap().state, s);
+    }
+
+    fn num(i: u32) -> Number {
+        Number {
+            sender_id: format!("+1415555{i:04}"),
+            kind: NumberType::Local,
+            country: "US".into(),
+            integration_id: "int-1".into(),
+            queue: "q".into(),
+            status: NumberStatus::Active,
+            compliance: None,
+        }
+    }
+
+    #[test]
+    fn number_changes_replay_in_order_and_a_full_journal_asks_for_a_whole_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let mut first = base_state();
+        first.numbers = (0..3).map(num).collect();
+        first.save(&file).unwrap();
+        let mut loaded = load(&file).unwrap();
+
+        let mut next = loaded.state.clone();
+        next.version = 4;
+        next.numbers.retain(|n| n.sender_id != num(1).sender_id);
+        next.numbers.push(num(7));
+        let delta = NumberDelta::between(&loaded.state.numbers, &next.numbers);
+        assert!(loaded.journal.append(&next, &loaded.base, &delta).unwrap());
+        let prev = next.clone();
+        next.version = 5;
+        next.numbers[0].queue = "other".into();
+        let delta = NumberDelta::between(&prev.numbers, &next.numbers);
+        assert_eq!(delta.changed.len(), 1);
+        assert!(loaded.journal.append(&next, &loaded.base, &delta).unwrap());
+        let replayed = load(&file).unwrap();
+        assert_eq!(replayed.state, next);
+        assert!(replayed.journal.has_deltas);
+
+        // Full, with number lines in it: not compacted to the last line; nothing written.
+        let mut big = next.clone();
+        big.version = 6;
+        big.integrations[0].notes = "x".repeat(MAX_BYTES as usize);
+        assert!(!loaded.journal.append(&big, &loaded.base, &none()).unwrap());
+        assert_eq!(load(&file).unwrap().state, next);
     }
 
     #[test]

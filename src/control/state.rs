@@ -82,6 +82,80 @@ impl From<Vec<Number>> for Numbers {
     }
 }
 
+/// How one number list became the next: what the journal stores for a change to a few
+/// numbers, and what a snapshot lays over the number map it shares with the previous one.
+/// Applying it to the old list gives the new one exactly, order included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberDelta {
+    /// Sender IDs no longer in the list (or removed and appended again, edited).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Numbers edited in place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<Number>,
+    /// Numbers added at the end, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub appended: Vec<Number>,
+}
+
+impl NumberDelta {
+    /// The delta from `prev` to `next`, in one pass. Changes edit in place, remove, or
+    /// append (what the admin API does); anything else still comes out right, only
+    /// larger: an out-of-place number is removed and appended again.
+    pub fn between(prev: &[Number], next: &[Number]) -> NumberDelta {
+        let mut delta = NumberDelta::default();
+        let (mut i, mut j) = (0, 0);
+        while i < prev.len() && j < next.len() {
+            if prev[i].sender_id == next[j].sender_id {
+                if prev[i] != next[j] {
+                    delta.changed.push(next[j].clone());
+                }
+                j += 1;
+            } else {
+                delta.removed.push(prev[i].sender_id.clone());
+            }
+            i += 1;
+        }
+        delta
+            .removed
+            .extend(prev[i..].iter().map(|n| n.sender_id.clone()));
+        delta.appended.extend_from_slice(&next[j..]);
+        delta
+    }
+
+    /// How many numbers it touches.
+    pub fn len(&self) -> usize {
+        self.removed.len() + self.changed.len() + self.appended.len()
+    }
+
+    /// True when no number changed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Turns the list the delta was taken from into the one it was taken to.
+    pub fn apply(&self, list: &mut Vec<Number>) {
+        if !self.removed.is_empty() {
+            let removed: HashSet<&str> = self.removed.iter().map(String::as_str).collect();
+            list.retain(|n| !removed.contains(n.sender_id.as_str()));
+        }
+        if !self.changed.is_empty() {
+            let changed: HashMap<&str, &Number> = self
+                .changed
+                .iter()
+                .map(|n| (n.sender_id.as_str(), n))
+                .collect();
+            for n in list.iter_mut() {
+                if let Some(c) = changed.get(n.sender_id.as_str()) {
+                    *n = (*c).clone();
+                }
+            }
+        }
+        list.extend_from_slice(&self.appended);
+    }
+}
+
 impl<'a> IntoIterator for &'a Numbers {
     type Item = &'a Number;
     type IntoIter = std::slice::Iter<'a, Number>;
@@ -587,6 +661,56 @@ mod tests {
         next.numbers.pop();
         assert_eq!(next.numbers.count_of("int-1"), 1);
         assert_eq!(next.numbers.count_of("int-9"), 0);
+    }
+
+    #[test]
+    fn a_delta_turns_the_old_list_into_the_new_one_exactly() {
+        let base = sample().numbers[0].clone();
+        let num = |i: u64| Number {
+            sender_id: format!("+1555{i:07}"),
+            ..base.clone()
+        };
+        // A fixed pseudo-random walk of edits, removals, appends and (rarely) moves.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        let mut list: Vec<Number> = (0..200).map(num).collect();
+        let mut fresh = 1_000;
+        for _ in 0..300 {
+            let mut next = list.clone();
+            for _ in 0..=rnd(4) {
+                let at = rnd(next.len() as u64) as usize;
+                match rnd(5) {
+                    0 if !next.is_empty() => {
+                        next.remove(at);
+                    }
+                    1 if !next.is_empty() => next[at].queue = format!("q{}", rnd(9)),
+                    2 if !next.is_empty() => {
+                        let moved = next.remove(at);
+                        next.insert(rnd(next.len() as u64) as usize, moved);
+                    }
+                    _ => {
+                        fresh += 1;
+                        next.push(num(fresh));
+                    }
+                }
+            }
+            let delta = NumberDelta::between(&list, &next);
+            let mut replayed = list.clone();
+            delta.apply(&mut replayed);
+            assert_eq!(replayed, next);
+            list = next;
+        }
+        let same = NumberDelta::between(&list, &list);
+        assert!(same.is_empty());
+        let mut edited = list.clone();
+        edited[3].status = NumberStatus::Disabled;
+        let one = NumberDelta::between(&list, &edited);
+        assert_eq!((one.changed.len(), one.len()), (1, 1));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
 use super::journal::{self, Journal};
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
-use super::state::{write_atomic, Numbers, State, StateError};
+use super::state::{write_atomic, NumberDelta, Numbers, State, StateError};
 use super::watch::{
     decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
 };
@@ -35,10 +35,13 @@ pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
 /// Tries of a KV change whose compare-and-set keeps losing before it is answered 409.
 pub const CAS_ATTEMPTS: u32 = 10;
 
-/// Inventories of at least this many numbers journal a change that touches no number
-/// instead of rewriting the state file (see `control::journal`); smaller files are
-/// rewritten whole, as people read and edit them.
+/// Inventories of at least this many numbers journal a change instead of rewriting the
+/// state file (see `control::journal`); smaller files are rewritten whole, as people
+/// read and edit them.
 pub const JOURNAL_MIN_NUMBERS: usize = 10_000;
+
+/// A change to more numbers than this (a bulk import) is written into the file whole.
+pub const JOURNAL_MAX_NUMBERS: usize = 4_096;
 
 /// How long changes must pause before the journal is folded into the state file.
 pub const FOLD_AFTER_IDLE: Duration = Duration::from_secs(10);
@@ -334,9 +337,7 @@ impl ControlStore {
         let out = change(&mut next)?;
         next.version = current.state.version + 1;
         // Journaled only on a file that holds what the store knows (not a rejected edit).
-        let journaled = Numbers::same(&current.state.numbers, &next.numbers)
-            && next.numbers.len() >= self.journal_from
-            && current.file.rejected.is_none();
+        let journaled = next.numbers.len() >= self.journal_from && current.file.rejected.is_none();
         let Current {
             state,
             file,
@@ -362,10 +363,10 @@ impl ControlStore {
         Ok(out)
     }
 
-    /// The O(change) part of a change: validate, build the snapshot (not yet live), then
-    /// make it durable: appended to the journal when `journal_on` names the state file's
-    /// fingerprint, else the whole file is written (and the journal emptied). Returns the
-    /// swap to make, and what the file now holds if it was written.
+    /// The heavy part of a change: validate, build the snapshot (not yet live), then make
+    /// it durable: appended to the journal when `journal_on` names the state file's
+    /// fingerprint and the journal takes it, else the whole file is written (and the
+    /// journal emptied). Returns the swap to make, and what the file now holds if written.
     fn prepare_file_change(
         &self,
         prev: &State,
@@ -376,15 +377,22 @@ impl ControlStore {
         next.validate_change(prev)
             .map_err(|e| ApiError::state_invalid(&e))?;
         let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
-        if let Some(base) = journal_on {
-            return match journal.append(next, &base) {
-                Ok(()) => Ok((commit, None)),
+        let delta = match journal_on {
+            Some(_) if Numbers::same(&prev.numbers, &next.numbers) => Some(NumberDelta::default()),
+            Some(_) => Some(NumberDelta::between(&prev.numbers, &next.numbers))
+                .filter(|d| d.len() <= JOURNAL_MAX_NUMBERS),
+            None => None,
+        };
+        if let (Some(base), Some(delta)) = (journal_on, delta) {
+            match journal.append(next, &base, &delta) {
+                Ok(true) => return Ok((commit, None)),
+                Ok(false) => {} // full: written whole below
                 Err(e) => {
                     tracing::error!(error = %e, path = %journal.path().display(),
                         "journal not written; change dropped");
-                    Err(ApiError::internal("the state journal could not be written"))
+                    return Err(ApiError::internal("the state journal could not be written"));
                 }
-            };
+            }
         }
         let written = self.write_whole(next, journal).map_err(|e| {
             tracing::error!(error = %e, "state file not written; change dropped");
@@ -1029,7 +1037,7 @@ mod tests {
     }
 
     #[test]
-    fn integration_changes_are_journaled_replayed_and_folded() {
+    fn small_changes_are_journaled_replayed_and_folded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let jpath = journal::path_for(&path);
@@ -1103,22 +1111,43 @@ mod tests {
             "the fold is the store's own write"
         );
 
-        // With the journal empty, edits are judged as before; a number change writes the
-        // whole file.
+        // With the journal empty, edits are judged as before.
         edited = State::load(&path).unwrap();
         edited.integrations[0].notes = "edited".into();
         edited.save(&path).unwrap();
         assert_eq!(store.sync_with_file().unwrap().unwrap(), 5);
+
+        // A few numbers changed: journaled too, and replayed in order after a restart.
+        let file_before = std::fs::read(&path).unwrap();
         store
             .apply(|s| {
                 s.integrations[0].name = "fourth".into();
+                s.numbers.push(number("+14155550101"));
+                s.numbers.push(number("+14155550102"));
                 Ok(())
             })
             .unwrap();
-        assert!(std::fs::metadata(&jpath).unwrap().len() > 0);
         store
             .apply(|s| {
-                s.numbers.push(number("+14155550101"));
+                s.numbers.retain(|n| n.sender_id != "+14155550101");
+                s.numbers[0].queue = "moved".into();
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), file_before);
+        let serving = store.snapshot();
+        drop(store);
+        let store = open();
+        assert_eq!(store.snapshot(), serving);
+        let numbers: Vec<_> = serving.numbers.iter().map(|n| &n.sender_id[..]).collect();
+        assert_eq!(numbers, ["+14155550100", "+14155550102"]);
+
+        // A bulk change is written whole, and empties the journal.
+        store
+            .apply(|s| {
+                for i in 0..=JOURNAL_MAX_NUMBERS {
+                    s.numbers.push(number(&format!("+1415600{i:04}")));
+                }
                 Ok(())
             })
             .unwrap();
