@@ -243,7 +243,7 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::control::crypto::Sealed;
-    use crate::control::state::{IntegrationStatus, Number, NumberStatus, NumberType};
+    use crate::control::state::{IntegrationStatus, Number};
 
     fn integration(id: &str, name: &str) -> Integration {
         Integration {
@@ -358,15 +358,7 @@ mod tests {
     }
 
     fn num(i: u32) -> Number {
-        Number {
-            sender_id: format!("+1415555{i:04}"),
-            kind: NumberType::Local,
-            country: "US".into(),
-            integration_id: "int-1".into(),
-            queue: "q".into(),
-            status: NumberStatus::Active,
-            compliance: None,
-        }
+        Number::sample(&format!("+1415555{i:04}"))
     }
 
     #[test]

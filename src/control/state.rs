@@ -232,6 +232,22 @@ pub struct Number {
     pub compliance: Option<Compliance>,
 }
 
+#[cfg(test)]
+impl Number {
+    /// An active local US number of integration `int-1` on queue `q`, for tests.
+    pub fn sample(sender_id: &str) -> Number {
+        Number {
+            sender_id: sender_id.into(),
+            kind: NumberType::Local,
+            country: "US".into(),
+            integration_id: "int-1".into(),
+            queue: "q".into(),
+            status: NumberStatus::Active,
+            compliance: None,
+        }
+    }
+}
+
 /// The seed's four sender types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -889,16 +889,7 @@ mod tests {
     }
 
     fn number(sender_id: &str) -> crate::control::state::Number {
-        use crate::control::state::{Number, NumberStatus, NumberType};
-        Number {
-            sender_id: sender_id.into(),
-            kind: NumberType::Local,
-            country: "US".into(),
-            integration_id: "int-1".into(),
-            queue: "q".into(),
-            status: NumberStatus::Active,
-            compliance: None,
-        }
+        crate::control::state::Number::sample(sender_id)
     }
 
     #[test]
