@@ -365,11 +365,38 @@ impl Inventory {
     /// Makes a built snapshot live for every following request.
     pub fn publish(&self, snapshot: Snapshot) {
         let (version, size) = (snapshot.version, snapshot.len());
-        self.current.store(Arc::new(snapshot));
+        retire(self.current.swap(Arc::new(snapshot)));
         metrics::gauge!("sms_ingress_snapshot_version").set(version as f64);
         metrics::gauge!("sms_ingress_snapshot_numbers").set(size as f64);
         metrics::gauge!("sms_ingress_snapshot_loaded_timestamp_seconds").set(unix_now());
         tracing::info!(version, numbers = size, "inventory snapshot swapped in");
+    }
+}
+
+/// How long a replaced snapshot is kept before it is dropped: longer than a request
+/// holds one, so the last reference is almost always the retiring thread's own.
+const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Drops a replaced snapshot on a short-lived thread at low priority, a little later.
+/// Freeing a million-number map or list takes tens of milliseconds, which would
+/// otherwise fall on the control thread or, if a request still held the snapshot, on a
+/// webhook worker. If no thread can be started, it is dropped here.
+fn retire(old: Arc<Snapshot>) {
+    if Arc::strong_count(&old) == 1 && old.len() < 10_000 {
+        return; // small: dropped here, now
+    }
+    let spawned = std::thread::Builder::new()
+        .name("snapshot-retire".into())
+        .spawn(move || {
+            // SAFETY: `nice` touches only the calling thread's priority on Linux.
+            unsafe {
+                libc::nice(10);
+            }
+            std::thread::sleep(RETIRE_AFTER);
+            drop(old);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a thread to drop the old snapshot");
     }
 }
 
@@ -554,6 +581,21 @@ mod tests {
             Snapshot::build(&state, &other, &d),
             Err(BuildError::Token { .. })
         ));
+    }
+
+    #[test]
+    fn a_replaced_large_snapshot_is_dropped_later_off_the_publishing_thread() {
+        let (state, mk, d) = fixture(10_000);
+        let inv = Inventory::default();
+        inv.publish(Snapshot::build(&state, &mk, &d).unwrap());
+        let old = Arc::downgrade(&inv.load_full());
+        inv.publish(Snapshot::build(&state, &mk, &d).unwrap());
+        assert!(old.upgrade().is_some(), "kept a moment");
+        let deadline = std::time::Instant::now() + RETIRE_AFTER * 20;
+        while old.upgrade().is_some() {
+            assert!(std::time::Instant::now() < deadline, "never dropped");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]
