@@ -100,11 +100,11 @@ fn state(n: usize) -> (State, MasterKey, Dispatcher) {
     };
     let numbers = (0..n)
         .map(|i| Number {
-            sender_id: number(i),
+            sender_id: number(i).into(),
             kind: NumberType::Local,
             country: "US".into(),
             integration_id: "int-1".into(),
-            queue: format!("q{}", i % 4),
+            queue: format!("q{}", i % 4).into(),
             status: NumberStatus::Active,
             compliance: None,
         })
@@ -169,7 +169,7 @@ fn snapshot(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let mut next = st.clone();
-            next.numbers[500_000].queue = format!("q{}", n % 4);
+            next.numbers[500_000].queue = format!("q{}", n % 4).into();
             next.validate_change(&st).unwrap();
             Snapshot::build_after(black_box(&next), &mk, &d, Some(&serving)).unwrap()
         })

@@ -255,14 +255,14 @@ impl<'a> Slots<'a> {
     }
 
     fn slot(&mut self, n: &'a Number) -> Result<Slot, BuildError> {
-        let queue = match self.queues.get(n.queue.as_str()) {
+        let queue = match self.queues.get(&*n.queue) {
             Some(q) => q.clone(),
             None => {
                 let q = self
                     .dispatcher
                     .queue(&n.queue)
                     .map_err(|source| BuildError::Queue {
-                        queue: n.queue.clone(),
+                        queue: n.queue.to_string(),
                         source,
                     })?;
                 self.queues.insert(&n.queue, q.clone());
@@ -275,7 +275,7 @@ impl<'a> Slots<'a> {
             NumberStatus::Provisioning => Routing::Provisioning,
         };
         Ok(Slot {
-            integration: self.positions[n.integration_id.as_str()],
+            integration: self.positions[&*n.integration_id],
             queue,
             routing,
             compliance: n
@@ -299,7 +299,7 @@ fn number_table(state: &State, dispatcher: &Dispatcher) -> Result<NumberTable, B
     let mut slots = Slots::new(state, dispatcher);
     let mut map = NumberMap::with_capacity_and_hasher(state.numbers.len(), Default::default());
     for n in state.numbers.iter() {
-        map.insert(n.sender_id.clone().into_boxed_str(), slots.slot(n)?);
+        map.insert(Box::from(&*n.sender_id), slots.slot(n)?);
     }
     Ok(NumberTable {
         source: state.numbers.clone(),
@@ -327,7 +327,7 @@ fn overlaid(
         overlay.insert(removed.as_str().into(), None);
     }
     for n in delta.changed.iter().chain(&delta.appended) {
-        overlay.insert(n.sender_id.as_str().into(), Some(slots.slot(n)?));
+        overlay.insert(Box::from(&*n.sender_id), Some(slots.slot(n)?));
     }
     Ok(Some(NumberTable {
         source: state.numbers.clone(),
@@ -438,11 +438,11 @@ mod tests {
         };
         let numbers = (0..n)
             .map(|i| Number {
-                sender_id: format!("+1555{i:07}"),
+                sender_id: format!("+1555{i:07}").into(),
                 kind: NumberType::Mobile,
                 country: "US".into(),
                 integration_id: "int-1".into(),
-                queue: format!("q{}", i % 3),
+                queue: format!("q{}", i % 3).into(),
                 status: if i == 0 {
                     NumberStatus::Disabled
                 } else {
@@ -532,7 +532,7 @@ mod tests {
         let mut next = state.clone();
         next.numbers[4].queue = "q9".into();
         next.numbers[5].status = NumberStatus::Provisioning;
-        next.numbers.retain(|n| n.sender_id != "+15550000006");
+        next.numbers.retain(|n| &*n.sender_id != "+15550000006");
         let mut added = next.numbers[7].clone();
         added.sender_id = "+15559999999".into();
         next.numbers.push(added);

@@ -890,7 +890,7 @@ impl Ctx<'_> {
         self.store.apply(|s| {
             find_own(s, self.org(), id)?;
             s.integrations.retain(|i| i.id != id);
-            s.numbers.retain(|n| n.integration_id != id);
+            s.numbers.retain(|n| *n.integration_id != *id);
             Ok(())
         })?;
         Ok((StatusCode::NO_CONTENT, None))
@@ -930,8 +930,8 @@ impl Ctx<'_> {
         let list: Vec<Value> = state
             .numbers
             .iter()
-            .filter(|n| own.contains(n.integration_id.as_str()))
-            .filter(|n| filter.is_none() || filter.as_deref() == Some(n.integration_id.as_str()))
+            .filter(|n| own.contains(&*n.integration_id))
+            .filter(|n| filter.is_none() || filter.as_deref() == Some(&*n.integration_id))
             .map(|n| number_view(n, self.org()))
             .collect();
         Ok((StatusCode::OK, Some(Value::Array(list))))
@@ -940,14 +940,14 @@ impl Ctx<'_> {
     fn delete_number(&self, sender_id: &str) -> Result<Reply, ApiError> {
         self.store.apply(|s| {
             let owned = s.numbers.iter().any(|n| {
-                n.sender_id == sender_id
+                *n.sender_id == *sender_id
                     && s.integration(&n.integration_id)
                         .is_some_and(|i| i.org == self.org())
             });
             if !owned {
                 return Err(ApiError::not_found("number"));
             }
-            s.numbers.retain(|n| n.sender_id != sender_id);
+            s.numbers.retain(|n| *n.sender_id != *sender_id);
             Ok(())
         })?;
         Ok((StatusCode::NO_CONTENT, None))
@@ -1032,7 +1032,7 @@ fn set_number_status(state: &mut State, integration_id: &str, status: Integratio
         IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
         IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
     };
-    let affected = |n: &Number| n.integration_id == integration_id && n.status == from;
+    let affected = |n: &Number| *n.integration_id == *integration_id && n.status == from;
     // Writing copies a shared number list: only when a number really changes.
     if !state.numbers.iter().any(affected) {
         return;

@@ -146,7 +146,7 @@ pub fn check_import(
     in_flight: &HashSet<String>,
 ) -> Result<Number, ImportError> {
     let owner_of = |sender_id: &str| {
-        let existing = state.numbers.iter().find(|n| n.sender_id == sender_id)?;
+        let existing = state.numbers.iter().find(|n| *n.sender_id == *sender_id)?;
         Some(
             state
                 .integration(&existing.integration_id)
@@ -174,8 +174,8 @@ pub fn check_bulk(
         .iter()
         .map(|n| {
             (
-                n.sender_id.as_str(),
-                orgs.get(n.integration_id.as_str()).copied().unwrap_or(""),
+                &*n.sender_id,
+                orgs.get(&*n.integration_id).copied().unwrap_or(""),
             )
         })
         .collect();
@@ -227,13 +227,13 @@ fn check_one<'s>(
         IntegrationStatus::Inactive => NumberStatus::Disabled,
     };
     Ok(Number {
-        sender_id: req.sender_id.clone(),
+        sender_id: req.sender_id.as_str().into(),
         kind: req.kind,
-        country,
-        integration_id: integration.id.clone(),
-        queue: queue.to_string(),
+        country: country.into(),
+        integration_id: integration.id.as_str().into(),
+        queue: queue.into(),
         status,
-        compliance,
+        compliance: compliance.map(Box::new),
     })
 }
 
@@ -403,10 +403,10 @@ mod tests {
     #[test]
     fn phone_number_succeeds_with_defaults() {
         let n = check(&req("+14155550100", NumberType::Local, Some("US"))).unwrap();
-        assert_eq!(n.queue, "default");
-        assert_eq!(n.country, "US");
+        assert_eq!(&*n.queue, "default");
+        assert_eq!(&*n.country, "US");
         assert_eq!(n.status, NumberStatus::Active);
-        assert_eq!(n.integration_id, "int-a");
+        assert_eq!(&*n.integration_id, "int-a");
         assert!(n.compliance.is_none());
     }
 
@@ -483,11 +483,11 @@ mod tests {
     #[test]
     fn country_derived_from_number() {
         let n = check(&req("+447700900123", NumberType::Mobile, None)).unwrap();
-        assert_eq!(n.country, "GB");
+        assert_eq!(&*n.country, "GB");
         let n = check(&req("+81312345678", NumberType::Local, None)).unwrap();
-        assert_eq!(n.country, "JP");
+        assert_eq!(&*n.country, "JP");
         let n = check(&req("+18005550100", NumberType::TollFree, None)).unwrap();
-        assert_eq!(n.country, "US");
+        assert_eq!(&*n.country, "US");
     }
 
     #[test]
@@ -496,8 +496,8 @@ mod tests {
         r.compliance = Some(full_compliance());
         r.queue = Some("sales".into());
         let n = check(&r).unwrap();
-        assert_eq!(n.country, "GB");
-        assert_eq!(n.queue, "sales");
+        assert_eq!(&*n.country, "GB");
+        assert_eq!(&*n.queue, "sales");
         assert!(n.compliance.unwrap().is_complete());
         r.country = None;
         assert_eq!(code(&r), "country_mismatch");

@@ -233,7 +233,7 @@ impl Mirror {
             }
             KeyName::Number(sid) => {
                 let n: Number = parse_json(&change.key, value)?;
-                if n.sender_id != sid {
+                if *n.sender_id != *sid {
                     return Err(RecordError::KeyMismatch(change.key.clone()));
                 }
                 check_number(&n).map_err(|e| invalid(&change.key, e))?;
@@ -249,7 +249,7 @@ impl Mirror {
         let mut tolerated = Tolerated::default();
         let mut numbers = Vec::with_capacity(self.numbers.len());
         for n in self.numbers.values() {
-            let Some(i) = self.integrations.get(&n.integration_id) else {
+            let Some(i) = self.integrations.get(&*n.integration_id) else {
                 tolerated.orphan_numbers += 1;
                 continue;
             };
@@ -312,16 +312,8 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
         .iter()
         .map(|i| (i.id.as_str(), i))
         .collect();
-    let old_n: HashMap<&str, &Number> = old
-        .numbers
-        .iter()
-        .map(|n| (n.sender_id.as_str(), n))
-        .collect();
-    let new_n: HashMap<&str, &Number> = new
-        .numbers
-        .iter()
-        .map(|n| (n.sender_id.as_str(), n))
-        .collect();
+    let old_n: HashMap<&str, &Number> = old.numbers.iter().map(|n| (&*n.sender_id, n)).collect();
+    let new_n: HashMap<&str, &Number> = new.numbers.iter().map(|n| (&*n.sender_id, n)).collect();
     let changed_i: Vec<&Integration> = new
         .integrations
         .iter()
@@ -330,7 +322,7 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
     let changed_n: Vec<&Number> = new
         .numbers
         .iter()
-        .filter(|n| old_n.get(n.sender_id.as_str()) != Some(n))
+        .filter(|n| old_n.get(&*n.sender_id) != Some(n))
         .collect();
     let ends_active = |n: &&&Number| n.status == NumberStatus::Active;
     let is_new = |i: &&&Integration| !old_i.contains_key(i.id.as_str());
@@ -344,7 +336,7 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
     ops.extend(
         old.numbers
             .iter()
-            .filter(|n| !new_n.contains_key(n.sender_id.as_str()))
+            .filter(|n| !new_n.contains_key(&*n.sender_id))
             .map(|n| Op::Delete {
                 key: number_key(&n.sender_id),
             }),

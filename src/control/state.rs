@@ -50,7 +50,7 @@ impl Numbers {
         let counts = self.0.counts.get_or_init(|| {
             let mut counts = HashMap::new();
             for n in &self.0.list {
-                *counts.entry(n.integration_id.clone()).or_insert(0) += 1;
+                *counts.entry(n.integration_id.to_string()).or_insert(0) += 1;
             }
             counts
         });
@@ -113,13 +113,13 @@ impl NumberDelta {
                 }
                 j += 1;
             } else {
-                delta.removed.push(prev[i].sender_id.clone());
+                delta.removed.push(prev[i].sender_id.to_string());
             }
             i += 1;
         }
         delta
             .removed
-            .extend(prev[i..].iter().map(|n| n.sender_id.clone()));
+            .extend(prev[i..].iter().map(|n| n.sender_id.to_string()));
         delta.appended.extend_from_slice(&next[j..]);
         delta
     }
@@ -138,16 +138,13 @@ impl NumberDelta {
     pub fn apply(&self, list: &mut Vec<Number>) {
         if !self.removed.is_empty() {
             let removed: HashSet<&str> = self.removed.iter().map(String::as_str).collect();
-            list.retain(|n| !removed.contains(n.sender_id.as_str()));
+            list.retain(|n| !removed.contains(&*n.sender_id));
         }
         if !self.changed.is_empty() {
-            let changed: HashMap<&str, &Number> = self
-                .changed
-                .iter()
-                .map(|n| (n.sender_id.as_str(), n))
-                .collect();
+            let changed: HashMap<&str, &Number> =
+                self.changed.iter().map(|n| (&*n.sender_id, n)).collect();
             for n in list.iter_mut() {
-                if let Some(c) = changed.get(n.sender_id.as_str()) {
+                if let Some(c) = changed.get(&*n.sender_id) {
                     *n = (*c).clone();
                 }
             }
@@ -220,16 +217,17 @@ pub enum IntegrationStatus {
 #[serde(deny_unknown_fields)]
 pub struct Number {
     /// E.164 for phone numbers (`+15551234567`), 5–6 digits for short codes.
-    pub sender_id: String,
+    pub sender_id: Text,
     #[serde(rename = "type")]
     pub kind: NumberType,
     /// ISO 3166 alpha-2.
-    pub country: String,
-    pub integration_id: String,
-    pub queue: String,
+    pub country: Text,
+    pub integration_id: Text,
+    pub queue: Text,
     pub status: NumberStatus,
+    /// Boxed: only short codes have it, and every number is copied when the list is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compliance: Option<Compliance>,
+    pub compliance: Option<Box<Compliance>>,
 }
 
 #[cfg(test)]
@@ -247,6 +245,10 @@ impl Number {
         }
     }
 }
+
+/// A number's text fields: copying a number (the whole list is copied when a change
+/// first writes to it) bumps reference counts instead of allocating four strings.
+pub type Text = Arc<str>;
 
 /// The seed's four sender types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -416,9 +418,7 @@ pub fn check_number(n: &Number) -> Result<(), StateError> {
             n.sender_id, n.queue
         ));
     }
-    if n.kind == NumberType::ShortCode
-        && !n.compliance.as_ref().is_some_and(Compliance::is_complete)
-    {
+    if n.kind == NumberType::ShortCode && !n.compliance.as_ref().is_some_and(|c| c.is_complete()) {
         return bad(format!(
             "number {}: short code without complete compliance",
             n.sender_id
@@ -491,10 +491,10 @@ impl State {
         let mut seen: HashSet<&str, foldhash::fast::RandomState> =
             HashSet::with_capacity_and_hasher(self.numbers.len(), Default::default());
         for n in &self.numbers {
-            if !seen.insert(n.sender_id.as_str()) {
+            if !seen.insert(&*n.sender_id) {
                 return bad(format!("number {} appears twice", n.sender_id));
             }
-            let Some(integ) = integrations.get(n.integration_id.as_str()) else {
+            let Some(integ) = integrations.get(&*n.integration_id) else {
                 return bad(format!(
                     "number {}: integration {} does not exist",
                     n.sender_id, n.integration_id
@@ -683,7 +683,7 @@ mod tests {
     fn a_delta_turns_the_old_list_into_the_new_one_exactly() {
         let base = sample().numbers[0].clone();
         let num = |i: u64| Number {
-            sender_id: format!("+1555{i:07}"),
+            sender_id: format!("+1555{i:07}").into(),
             ..base.clone()
         };
         // A fixed pseudo-random walk of edits, removals, appends and (rarely) moves.
@@ -704,7 +704,7 @@ mod tests {
                     0 if !next.is_empty() => {
                         next.remove(at);
                     }
-                    1 if !next.is_empty() => next[at].queue = format!("q{}", rnd(9)),
+                    1 if !next.is_empty() => next[at].queue = format!("q{}", rnd(9)).into(),
                     2 if !next.is_empty() => {
                         let moved = next.remove(at);
                         next.insert(rnd(next.len() as u64) as usize, moved);

@@ -1120,7 +1120,7 @@ mod tests {
             .unwrap();
         store
             .apply(|s| {
-                s.numbers.retain(|n| n.sender_id != "+14155550101");
+                s.numbers.retain(|n| &*n.sender_id != "+14155550101");
                 s.numbers[0].queue = "moved".into();
                 Ok(())
             })
