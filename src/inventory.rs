@@ -3,9 +3,7 @@
 //! so that a lookup never locks and a control-plane change never stalls a request.
 
 use crate::control::crypto::{CryptoError, MasterKey};
-use crate::control::state::{
-    Integration, IntegrationStatus, Number, NumberDelta, NumberStatus, Numbers, State,
-};
+use crate::control::state::{Integration, IntegrationStatus, Number, NumberStatus, Numbers, State};
 use crate::dispatch::{Dispatcher, QueueHandle};
 use crate::policy::CompiledCompliance;
 use crate::sink::SinkError;
@@ -317,7 +315,7 @@ fn overlaid(
     state: &State,
     dispatcher: &Dispatcher,
 ) -> Result<Option<NumberTable>, BuildError> {
-    let delta = NumberDelta::between(&table.source, &state.numbers);
+    let delta = state.numbers.delta_from(&table.source);
     if table.overlay.len() + delta.len() > OVERLAY_MAX {
         return Ok(None);
     }

@@ -36,12 +36,30 @@ struct NumberList {
     list: Vec<Number>,
     /// Numbers per integration id; emptied by every write.
     counts: std::sync::OnceLock<HashMap<String, usize>>,
+    /// The delta from the list this one was last compared with (the journal and the
+    /// snapshot both need it for one change); emptied by every write.
+    delta: std::sync::OnceLock<(std::sync::Weak<NumberList>, Arc<NumberDelta>)>,
 }
 
 impl Numbers {
     /// Whether both hold the very same list (no number changed between them).
     pub fn same(a: &Numbers, b: &Numbers) -> bool {
         Arc::ptr_eq(&a.0, &b.0)
+    }
+
+    /// The delta from `prev` to this list (`NumberDelta::between`), computed once for a
+    /// given `prev` however many ask.
+    pub fn delta_from(&self, prev: &Numbers) -> Arc<NumberDelta> {
+        let compute = || Arc::new(NumberDelta::between(&prev.0.list, &self.0.list));
+        let (from, delta) = self
+            .0
+            .delta
+            .get_or_init(|| (Arc::downgrade(&prev.0), compute()));
+        if std::ptr::eq(from.as_ptr(), Arc::as_ptr(&prev.0)) {
+            Arc::clone(delta)
+        } else {
+            compute()
+        }
     }
 
     /// How many numbers belong to `integration_id`: counted once per version of the
@@ -69,6 +87,7 @@ impl std::ops::DerefMut for Numbers {
     fn deref_mut(&mut self) -> &mut Vec<Number> {
         let inner = Arc::make_mut(&mut self.0);
         inner.counts = std::sync::OnceLock::new();
+        inner.delta = std::sync::OnceLock::new();
         &mut inner.list
     }
 }
@@ -78,6 +97,7 @@ impl From<Vec<Number>> for Numbers {
         Numbers(Arc::new(NumberList {
             list,
             counts: std::sync::OnceLock::new(),
+            delta: std::sync::OnceLock::new(),
         }))
     }
 }
@@ -721,6 +741,22 @@ mod tests {
             assert_eq!(replayed, next);
             list = next;
         }
+        // delta_from is computed once per (list, prev) and dropped by a write.
+        let prev = Numbers::from(list.clone());
+        let mut next = prev.clone();
+        next.push(num(9_999));
+        let (a, b) = (next.delta_from(&prev), next.delta_from(&prev));
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.appended.len(), 1);
+        let other = Numbers::from(list[1..].to_vec());
+        let mut replayed = other.to_vec();
+        next.delta_from(&other).apply(&mut replayed);
+        assert_eq!(
+            replayed, *next,
+            "another prev: computed for it, not the cached one"
+        );
+        next.pop();
+        assert!(next.delta_from(&prev).is_empty());
         let same = NumberDelta::between(&list, &list);
         assert!(same.is_empty());
         let mut edited = list.clone();

@@ -15,7 +15,7 @@ use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
 use super::journal::{self, Journal};
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
-use super::state::{write_atomic, NumberDelta, Numbers, State, StateError};
+use super::state::{write_atomic, Numbers, State, StateError};
 use super::watch::{
     decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
 };
@@ -378,8 +378,9 @@ impl ControlStore {
             .map_err(|e| ApiError::state_invalid(&e))?;
         let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
         let delta = match journal_on {
-            Some(_) if Numbers::same(&prev.numbers, &next.numbers) => Some(NumberDelta::default()),
-            Some(_) => Some(NumberDelta::between(&prev.numbers, &next.numbers))
+            Some(_) if Numbers::same(&prev.numbers, &next.numbers) => Some(Arc::default()),
+            // The snapshot just built asked for the same delta: this is a lookup.
+            Some(_) => Some(next.numbers.delta_from(&prev.numbers))
                 .filter(|d| d.len() <= JOURNAL_MAX_NUMBERS),
             None => None,
         };
