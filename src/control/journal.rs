@@ -261,6 +261,14 @@ mod tests {
         }
     }
 
+    /// `state` saved as `state.json` in a fresh directory (kept alive by the guard).
+    fn saved(state: &State) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        state.save(&file).unwrap();
+        (dir, file)
+    }
+
     fn none() -> NumberDelta {
         NumberDelta::default()
     }
@@ -275,9 +283,7 @@ mod tests {
 
     #[test]
     fn changes_replay_on_their_file_and_a_torn_tail_is_cut() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state.json");
-        base_state().save(&file).unwrap();
+        let (_dir, file) = saved(&base_state());
         let mut loaded = load(&file).unwrap();
         assert!(!loaded.journal.pending());
         for (v, name) in [(4, "second"), (5, "third")] {
@@ -315,9 +321,7 @@ mod tests {
 
     #[test]
     fn stale_lines_are_skipped_and_a_replaced_file_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state.json");
-        base_state().save(&file).unwrap();
+        let (_dir, file) = saved(&base_state());
         let mut loaded = load(&file).unwrap();
         let mut s = loaded.state.clone();
         s.version = 4;
@@ -342,9 +346,7 @@ mod tests {
 
     #[test]
     fn a_full_journal_is_replaced_by_its_last_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state.json");
-        base_state().save(&file).unwrap();
+        let (_dir, file) = saved(&base_state());
         let mut loaded = load(&file).unwrap();
         let mut s = loaded.state.clone();
         s.integrations[0].notes = "x".repeat(100_000);
@@ -363,11 +365,9 @@ mod tests {
 
     #[test]
     fn number_changes_replay_in_order_and_a_full_journal_asks_for_a_whole_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state.json");
         let mut first = base_state();
         first.numbers = (0..3).map(num).collect();
-        first.save(&file).unwrap();
+        let (_dir, file) = saved(&first);
         let mut loaded = load(&file).unwrap();
 
         let mut next = loaded.state.clone();
@@ -396,9 +396,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_whole_line_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("state.json");
-        base_state().save(&file).unwrap();
+        let (_dir, file) = saved(&base_state());
         std::fs::write(path_for(&file), b"not json\n").unwrap();
         assert!(matches!(load(&file), Err(StateError::Parse { .. })));
     }
