@@ -63,7 +63,6 @@ struct NumberTable {
     base: Arc<NumberMap>,
     /// Numbers changed since `base` was built (`None`: removed); looked at first.
     overlay: HashMap<Box<str>, Option<Slot>, foldhash::fast::RandomState>,
-    len: usize,
 }
 
 /// Past this many numbers changed since the last full build, the next change builds the
@@ -115,7 +114,6 @@ impl Snapshot {
                 integration_ids: Vec::new(),
                 base: Arc::default(),
                 overlay: HashMap::default(),
-                len: 0,
             }),
         }
     }
@@ -181,24 +179,26 @@ impl Snapshot {
 
     /// Whether this snapshot serves `other`'s number table (a change to integrations
     /// alone), rather than one built again.
-    pub fn shares_numbers_with(&self, other: &Snapshot) -> bool {
+    #[cfg(test)]
+    fn shares_numbers_with(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.numbers, &other.numbers)
     }
 
     /// Whether this snapshot's number map is `other`'s, with or without changes laid
     /// over it (not built again).
-    pub fn shares_number_map_with(&self, other: &Snapshot) -> bool {
+    #[cfg(test)]
+    fn shares_number_map_with(&self, other: &Snapshot) -> bool {
         Arc::ptr_eq(&self.numbers.base, &other.numbers.base)
     }
 
     /// How many numbers are routed by this snapshot.
     pub fn len(&self) -> usize {
-        self.numbers.len
+        self.numbers.source.len()
     }
 
     /// True when no number is in the inventory.
     pub fn is_empty(&self) -> bool {
-        self.numbers.len == 0
+        self.numbers.source.is_empty()
     }
 }
 
@@ -302,7 +302,6 @@ fn number_table(state: &State, dispatcher: &Dispatcher) -> Result<NumberTable, B
     Ok(NumberTable {
         source: state.numbers.clone(),
         integration_ids: integration_ids(state),
-        len: map.len(),
         base: Arc::new(map),
         overlay: HashMap::default(),
     })
@@ -332,7 +331,6 @@ fn overlaid(
         integration_ids: integration_ids(state),
         base: Arc::clone(&table.base),
         overlay,
-        len: state.numbers.len(),
     }))
 }
 

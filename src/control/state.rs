@@ -48,8 +48,11 @@ impl Numbers {
     }
 
     /// The delta from `prev` to this list (`NumberDelta::between`), computed once for a
-    /// given `prev` however many ask.
+    /// given `prev` however many ask, and empty at once for the very same list.
     pub fn delta_from(&self, prev: &Numbers) -> Arc<NumberDelta> {
+        if Numbers::same(self, prev) {
+            return Arc::default();
+        }
         let compute = || Arc::new(NumberDelta::between(&prev.0.list, &self.0.list));
         let (from, delta) = self
             .0

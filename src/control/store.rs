@@ -15,7 +15,7 @@ use super::audit::{self, AuditLog};
 use super::crypto::MasterKey;
 use super::journal::{self, Journal};
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
-use super::state::{write_atomic, Numbers, State, StateError};
+use super::state::{write_atomic, State, StateError};
 use super::watch::{
     decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
 };
@@ -351,11 +351,7 @@ impl ControlStore {
         })?;
         commit();
         if let Some((known, stamp)) = written {
-            current.file = FileMark {
-                known,
-                rejected: None,
-                stamp: Some(stamp),
-            };
+            current.file = FileMark::written(known, stamp);
         }
         current.state = next;
         current.last_change = Instant::now();
@@ -377,13 +373,10 @@ impl ControlStore {
         next.validate_change(prev)
             .map_err(|e| ApiError::state_invalid(&e))?;
         let commit = (self.publisher)(next).map_err(|e| ApiError::publish_failed(&e))?;
-        let delta = match journal_on {
-            Some(_) if Numbers::same(&prev.numbers, &next.numbers) => Some(Arc::default()),
-            // The snapshot just built asked for the same delta: this is a lookup.
-            Some(_) => Some(next.numbers.delta_from(&prev.numbers))
-                .filter(|d| d.len() <= JOURNAL_MAX_NUMBERS),
-            None => None,
-        };
+        // The snapshot just built asked for the same delta: this is a lookup.
+        let delta = journal_on
+            .map(|_| next.numbers.delta_from(&prev.numbers))
+            .filter(|d| d.len() <= JOURNAL_MAX_NUMBERS);
         if let (Some(base), Some(delta)) = (journal_on, delta) {
             match journal.append(next, &base, &delta) {
                 Ok(true) => return Ok((commit, None)),
@@ -430,11 +423,7 @@ impl ControlStore {
         let Current { state, journal, .. } = &mut *current;
         let journal = journal.as_mut().expect("pending implies a journal");
         let (known, stamp) = in_background(|| self.write_whole(state, journal))?;
-        current.file = FileMark {
-            known,
-            rejected: None,
-            stamp: Some(stamp),
-        };
+        current.file = FileMark::written(known, stamp);
         tracing::info!(version = current.state.version, path = %self.path.display(),
             "journaled changes written into the state file");
         metrics::counter!("sms_ingress_control_journal_folds_total").increment(1);

@@ -46,6 +46,17 @@ pub struct FileMark {
     pub stamp: Option<FileStamp>,
 }
 
+impl FileMark {
+    /// What the store knows right after writing the file itself.
+    pub fn written(known: Fingerprint, stamp: FileStamp) -> FileMark {
+        FileMark {
+            known,
+            rejected: None,
+            stamp: Some(stamp),
+        }
+    }
+}
+
 /// Inode, size and modification time of the state file. An edit replaces the inode
 /// (editors and `write_atomic` rename) or writes in place, which moves the mtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
