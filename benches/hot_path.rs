@@ -6,14 +6,14 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sms_ingress::control::crypto::{MasterKey, Secret};
-use sms_ingress::control::state::{
-    Integration, IntegrationStatus, Number, NumberStatus, NumberType, State,
-};
 use sms_ingress::dispatch::{Dispatcher, SinkFactory};
 use sms_ingress::envelope::{Envelope, Kind};
 use sms_ingress::form::Form;
 use sms_ingress::inventory::Snapshot;
+use sms_ingress::model::crypto::{MasterKey, Secret};
+use sms_ingress::model::state::{
+    Integration, IntegrationStatus, Number, NumberStatus, NumberType, State,
+};
 use sms_ingress::signature::{self, PublicUrl};
 use sms_ingress::sink::spool::SpoolWriter;
 use sms_ingress::sink::{QueueSink, SinkError};

@@ -142,7 +142,7 @@ impl NatsKvConfig {
                 "list at least one URL such as \"nats://127.0.0.1:4222\"".into(),
             ));
         }
-        if !crate::control::kv::valid_bucket_name(&self.bucket) {
+        if !crate::nats::valid_bucket_name(&self.bucket) {
             return Some((
                 "control.nats_kv.bucket",
                 "must be 1-64 of [A-Za-z0-9_-]".into(),
@@ -298,7 +298,7 @@ impl Default for NatsConfig {
 impl NatsConfig {
     /// The first key that cannot work, with the fix; checked only when the sink is `nats`.
     fn problem(&self) -> Option<(&'static str, String)> {
-        use crate::sink::nats::{subjects_cover, valid_stream_name, SUBJECT_ROOT};
+        use crate::nats::{subjects_cover, valid_stream_name, SUBJECT_ROOT};
         if self.servers.is_empty() || self.servers.iter().any(|s| s.trim().is_empty()) {
             return Some((
                 "sink.nats.servers",
@@ -498,8 +498,11 @@ impl Config {
                 problem: problem.to_string(),
             })
         };
-        if crate::regions::by_name(&self.server.region).is_none() {
-            let names: Vec<_> = crate::regions::REGIONS.iter().map(|r| r.name).collect();
+        if crate::model::regions::by_name(&self.server.region).is_none() {
+            let names: Vec<_> = crate::model::regions::REGIONS
+                .iter()
+                .map(|r| r.name)
+                .collect();
             return invalid(
                 "server.region",
                 &format!("unknown region; one of {}", names.join(", ")),
@@ -581,7 +584,7 @@ impl Config {
     }
 
     /// The configured region (validated at load).
-    pub fn region(&self) -> &'static crate::regions::Region {
-        crate::regions::by_name(&self.server.region).expect("validated region")
+    pub fn region(&self) -> &'static crate::model::regions::Region {
+        crate::model::regions::by_name(&self.server.region).expect("validated region")
     }
 }

@@ -21,8 +21,7 @@ use crate::sink::spool::{SpoolError, SpoolReader, SpoolWriter};
 use crate::sink::{QueueSink, SinkError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -132,14 +131,10 @@ impl Cursor {
             path: path.to_path_buf(),
             source,
         };
-        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(self).map_err(|e| err(e.into()))?;
-        let mut file = File::create(&tmp).map_err(err)?;
-        file.write_all(&bytes).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+        crate::fsutil::write_atomic(path, &bytes)
+            .map(drop)
+            .map_err(err)
     }
 }
 

@@ -76,7 +76,7 @@ pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 /// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
 pub struct Dispatcher {
     queues: Mutex<HashMap<String, Arc<QueueHandle>>>,
-    spawner: Spawner,
+    spawner: crate::background::Spawner,
     factory: SinkFactory,
     probe: Option<SinkProbe>,
     capacity: usize,
@@ -88,7 +88,8 @@ impl Dispatcher {
     pub fn new(factory: SinkFactory, capacity: usize, max_batch: usize) -> Dispatcher {
         Dispatcher {
             queues: Mutex::new(HashMap::new()),
-            spawner: Spawner::start(),
+            // Queues are opened by (nicer) control-plane changes; workers must sync at ours.
+            spawner: crate::background::Spawner::start("sink-spawner"),
             factory,
             probe: None,
             capacity,
@@ -143,52 +144,6 @@ impl Dispatcher {
             .expect("dispatcher lock")
             .values()
             .all(|q| q.healthy())
-    }
-}
-
-/// A thread start request: name, body, and where to say whether it started.
-type SpawnRequest = (
-    String,
-    Box<dyn FnOnce() + Send>,
-    std::sync::mpsc::Sender<std::io::Result<()>>,
-);
-
-/// Starts sink workers from a thread of its own. A new thread inherits its creator's nice
-/// value, and queues are opened by control-plane changes, which run at a lower priority
-/// (control/store.rs); a worker started there would sync every batch at that priority.
-struct Spawner {
-    tx: Mutex<std::sync::mpsc::Sender<SpawnRequest>>,
-}
-
-impl Spawner {
-    /// The spawning thread, at the caller's priority; it ends with the dispatcher.
-    fn start() -> Spawner {
-        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
-        let started = std::thread::Builder::new()
-            .name("sink-spawner".into())
-            .spawn(move || {
-                for (name, body, reply) in rx {
-                    let result = std::thread::Builder::new().name(name).spawn(body);
-                    let _ = reply.send(result.map(|_| ()));
-                }
-            });
-        if let Err(e) = started {
-            // `spawn` then reports the same error for every queue.
-            tracing::error!(error = %e, "cannot start the sink spawner thread");
-        }
-        Spawner { tx: Mutex::new(tx) }
-    }
-
-    /// Starts `body` on a new thread named `name`, as a child of the spawning thread.
-    fn spawn(&self, name: String, body: Box<dyn FnOnce() + Send>) -> std::io::Result<()> {
-        let (reply, answer) = std::sync::mpsc::channel();
-        let gone = || std::io::Error::other("the sink spawner thread is not running");
-        self.tx
-            .lock()
-            .expect("spawner lock")
-            .send((name, body, reply))
-            .map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?
     }
 }
 

@@ -79,7 +79,8 @@ impl<'a> Form<'a> {
                 decoded: false,
             });
         }
-        decode_into(raw, start, scratch)?;
+        crate::percent::decode_into(raw, crate::percent::Plus::Space, scratch)
+            .map_err(|at| FormError::BadEscape(start + at))?;
         let text = std::str::from_utf8(scratch)
             .map_err(|e| FormError::NotUtf8(start + e.valid_up_to()))?;
         let at = self.decoded.len();
@@ -117,38 +118,6 @@ fn resolve<'t>(body: &'t str, decoded: &'t str, span: Span) -> &'t str {
         &decoded[range]
     } else {
         &body[range]
-    }
-}
-
-/// Percent- and plus-decodes one name or value into `out` (cleared first).
-fn decode_into(raw: &[u8], offset: usize, out: &mut Vec<u8>) -> Result<(), FormError> {
-    out.clear();
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hi = raw.get(i + 1).and_then(|&c| hex_val(c));
-                let lo = raw.get(i + 2).and_then(|&c| hex_val(c));
-                let (Some(hi), Some(lo)) = (hi, lo) else {
-                    return Err(FormError::BadEscape(offset + i));
-                };
-                out.push(hi << 4 | lo);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 

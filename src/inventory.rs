@@ -2,9 +2,9 @@
 //! (org, integration, HMAC keys, queue, status, compliance), swapped whole with `arc-swap`
 //! so that a lookup never locks and a control-plane change never stalls a request.
 
-use crate::control::crypto::{CryptoError, MasterKey};
-use crate::control::state::{Integration, IntegrationStatus, Number, NumberStatus, Numbers, State};
 use crate::dispatch::{Dispatcher, QueueHandle};
+use crate::model::crypto::{CryptoError, MasterKey};
+use crate::model::state::{Integration, IntegrationStatus, Number, NumberStatus, Numbers, State};
 use crate::policy::CompiledCompliance;
 use crate::sink::SinkError;
 use arc_swap::ArcSwap;
@@ -364,7 +364,8 @@ impl Inventory {
         retire(self.current.swap(Arc::new(snapshot)));
         metrics::gauge!("sms_ingress_snapshot_version").set(version as f64);
         metrics::gauge!("sms_ingress_snapshot_numbers").set(size as f64);
-        metrics::gauge!("sms_ingress_snapshot_loaded_timestamp_seconds").set(unix_now());
+        metrics::gauge!("sms_ingress_snapshot_loaded_timestamp_seconds")
+            .set(crate::telemetry::unix_now());
         tracing::info!(version, numbers = size, "inventory snapshot swapped in");
     }
 }
@@ -381,36 +382,22 @@ fn retire(old: Arc<Snapshot>) {
     if Arc::strong_count(&old) == 1 && old.len() < 10_000 {
         return; // small: dropped here, now
     }
-    let spawned = std::thread::Builder::new()
-        .name("snapshot-retire".into())
-        .spawn(move || {
-            // SAFETY: `nice` touches only the calling thread's priority on Linux.
-            unsafe {
-                libc::nice(10);
-            }
-            std::thread::sleep(RETIRE_AFTER);
-            drop(old);
-        });
+    let spawned = crate::background::spawn_nicer("snapshot-retire", move || {
+        std::thread::sleep(RETIRE_AFTER);
+        drop(old);
+    });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start a thread to drop the old snapshot");
     }
 }
 
-/// Seconds since the Unix epoch, for age gauges.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::crypto::Secret;
-    use crate::control::state::NumberType;
     use crate::dispatch::SinkFactory;
     use crate::envelope::Envelope;
+    use crate::model::crypto::Secret;
+    use crate::model::state::NumberType;
     use crate::sink::QueueSink;
 
     struct Null;

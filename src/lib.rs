@@ -3,6 +3,7 @@
 //! The modules follow the request path: `listener` → `webhook` → `form` → `signature` →
 //! `inventory` → `policy` → `dispatch` → `sink`; `control` changes the inventory.
 
+pub(crate) mod background;
 pub mod config;
 pub mod control;
 pub mod deadletter;
@@ -10,10 +11,13 @@ pub mod dispatch;
 pub mod envelope;
 pub mod fake_twilio;
 pub mod form;
+pub(crate) mod fsutil;
 pub mod inventory;
 pub mod listener;
+pub mod model;
+pub mod nats;
+pub mod percent;
 pub mod policy;
-pub mod regions;
 pub mod server;
 pub mod signature;
 pub mod sink;

@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use sms_ingress::config::Config;
-use sms_ingress::control::crypto::MasterKey;
 use sms_ingress::form::Form;
+use sms_ingress::model::crypto::MasterKey;
 use sms_ingress::signature;
 use std::io::Read;
 use std::path::PathBuf;

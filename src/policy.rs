@@ -1,8 +1,8 @@
 //! Tenant policy after verification: short-code compliance keywords and suppression of
 //! Twilio's retries of a delivery already made durable.
 
-use crate::control::state::Compliance;
 use crate::envelope::ComplianceAction;
+use crate::model::state::Compliance;
 use bytes::Bytes;
 use dashmap::DashMap;
 use std::time::{Duration, Instant};
@@ -132,7 +132,7 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::state::KeywordReply;
+    use crate::model::state::KeywordReply;
 
     fn kr(k: &[&str], m: &str) -> KeywordReply {
         KeywordReply {

@@ -4,12 +4,12 @@
 use crate::config::{Config, SinkKind, StoreKind};
 use crate::control::admin::{self, AdminApi};
 use crate::control::audit::AuditLog;
-use crate::control::crypto::MasterKey;
-use crate::control::state::State;
 use crate::control::store::{ControlStore, Publisher};
 use crate::deadletter::DeadLetters;
 use crate::dispatch::{Dispatcher, SinkFactory, SinkProbe};
 use crate::inventory::{Inventory, Snapshot};
+use crate::model::crypto::MasterKey;
+use crate::model::state::State;
 use crate::policy::Dedup;
 use crate::signature::PublicUrl;
 use crate::sink::nats::NatsConnection;

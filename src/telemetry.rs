@@ -2,7 +2,6 @@
 //! `/metrics` listener, and the log subscriber.
 
 use crate::config::{LogConfig, LogFormat};
-use crate::inventory::unix_now;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
@@ -20,6 +19,14 @@ const SECONDS_BUCKETS: &[f64] = &[
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+
+/// Seconds since the Unix epoch, for age and timestamp gauges.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
 
 /// Installs the global recorder; call once, before any metric is recorded.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {

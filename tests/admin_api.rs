@@ -7,10 +7,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use sms_ingress::config::{AdminToken, Permission};
 use sms_ingress::control::admin::{serve, AdminApi};
-use sms_ingress::control::crypto::MasterKey;
-use sms_ingress::control::state::State;
 use sms_ingress::control::store::{ControlStore, Publisher};
 use sms_ingress::deadletter::DeadLetters;
+use sms_ingress::model::crypto::MasterKey;
+use sms_ingress::model::state::State;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,7 +91,7 @@ impl Harness {
             token("a-view", "org-a", VIEW_A, vec![Permission::IntegrationView]),
             token("b-admin", "org-b", ADMIN_B, all_permissions()),
         ];
-        let region = sms_ingress::regions::by_name("eu-west-1").unwrap();
+        let region = sms_ingress::model::regions::by_name("eu-west-1").unwrap();
         let api = Arc::new(
             AdminApi::new(store.clone(), &tokens, region, dead_letters(dir.path())).unwrap(),
         );
@@ -569,7 +569,7 @@ async fn malformed_requests_get_json_errors() {
 async fn handle_is_callable_without_a_socket() {
     let h = Harness::start().await;
     let tokens = vec![token("a", "org-a", ADMIN_A, all_permissions())];
-    let region = sms_ingress::regions::by_name("us-east-1").unwrap();
+    let region = sms_ingress::model::regions::by_name("us-east-1").unwrap();
     let api = AdminApi::new(
         h.store.clone(),
         &tokens,

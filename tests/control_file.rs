@@ -174,7 +174,7 @@ fn broken_edits_are_rejected_whole_and_the_old_snapshot_serves() {
     // An admin change still works and replaces the broken file with a valid one.
     let r = patch(&s, &id, json!({"name": "after the broken edits"}));
     assert_eq!(r.status, 200, "{}", r.text());
-    let state = sms_ingress::control::state::State::load(&state_path(&s)).unwrap();
+    let state = sms_ingress::model::state::State::load(&state_path(&s)).unwrap();
     assert_eq!(state.integrations[0].name, "after the broken edits");
     assert_eq!(state.integrations[0].account_sid, ACCOUNT);
     assert_eq!(state.numbers.len(), 1);

@@ -17,7 +17,7 @@ const CUSTOMER: &str = "+14155559999";
 
 /// This region's webhook URL (the config says us-east-1).
 fn hook() -> String {
-    sms_ingress::regions::by_name("us-east-1")
+    sms_ingress::model::regions::by_name("us-east-1")
         .unwrap()
         .webhook_url()
 }

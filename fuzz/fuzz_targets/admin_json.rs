@@ -6,7 +6,7 @@ use http_body_util::Full;
 use libfuzzer_sys::fuzz_target;
 use sms_ingress::config::{AdminToken, Config, Permission};
 use sms_ingress::control::admin::AdminApi;
-use sms_ingress::control::crypto::MasterKey;
+use sms_ingress::model::crypto::MasterKey;
 use sms_ingress::control::store::{ControlStore, Publisher};
 use sms_ingress::deadletter::DeadLetters;
 use sms_ingress::inventory::Inventory;
@@ -51,7 +51,7 @@ fn harness() -> &'static Harness {
             ],
         };
         let dead_letters = Arc::new(DeadLetters::new(&cfg, Arc::new(Inventory::default())));
-        let region = sms_ingress::regions::by_name("us-east-1").unwrap();
+        let region = sms_ingress::model::regions::by_name("us-east-1").unwrap();
         let api = AdminApi::new(store, &[token], region, dead_letters).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         Harness { runtime, api }

@@ -256,7 +256,7 @@ mod tests {
     fn numbers_are_e164_and_distinct_from_unknown() {
         assert_eq!(number(0), "+14152000000");
         assert_eq!(number(MAX_NUMBERS - 1), "+14158999999");
-        assert!(sms_ingress::control::state::is_e164(&number(12_345)));
+        assert!(sms_ingress::model::state::is_e164(&number(12_345)));
         assert_eq!(unknown_number(3), "+14159000003");
         assert!(unknown_number(u64::MAX) > number(MAX_NUMBERS - 1));
     }
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn credentials_look_like_twilio() {
         let (sid, token) = credentials(7);
-        assert!(sms_ingress::control::state::is_account_sid(&sid), "{sid}");
+        assert!(sms_ingress::model::state::is_account_sid(&sid), "{sid}");
         assert_eq!(token.len(), 32);
         assert_ne!(credentials(8).0, sid);
     }

@@ -7,9 +7,9 @@ use clap::Args;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::Request;
-use sms_ingress::control::state::is_account_sid;
 use sms_ingress::fake_twilio::FakeTwilio;
-use sms_ingress::regions::{self, Region};
+use sms_ingress::model::regions::{self, Region};
+use sms_ingress::model::state::is_account_sid;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -698,9 +698,9 @@ mod tests {
 
     #[tokio::test]
     async fn serves_the_seed_without_tokens_in_the_listing() {
-        use sms_ingress::control::crypto::Secret;
-        use sms_ingress::control::state::NumberType;
         use sms_ingress::control::vendor::{ImportVendorError, TwilioClient, VendorError};
+        use sms_ingress::model::crypto::Secret;
+        use sms_ingress::model::state::NumberType;
         let s = seed(&[
             "--account",
             &format!("{A}:secret-token,secret-two"),

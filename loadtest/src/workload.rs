@@ -173,17 +173,7 @@ const MEDIA_TYPES: &[&str] = &[
 
 /// Percent-encodes a form value the way Twilio does (`+` for space).
 pub fn form_encode(s: &str, out: &mut String) {
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
+    sms_ingress::percent::encode_form(s, out)
 }
 
 /// Twilio's segment count for a body: GSM-7 if every char is in the basic set, else UCS-2.

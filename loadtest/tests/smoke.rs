@@ -37,7 +37,7 @@ impl Drop for Server {
 }
 
 fn write_config(dir: &Path) -> PathBuf {
-    let key = sms_ingress::control::crypto::MasterKey::generate_base64().unwrap();
+    let key = sms_ingress::model::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
     let hash = ring_sha256(ADMIN_TOKEN);
     let cfg = format!(

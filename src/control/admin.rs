@@ -3,14 +3,16 @@
 //! each request into one `ControlStore::apply` (writes) or `snapshot` (reads). A token
 //! sees its own org only; Auth Tokens go in, are sealed, and never come out.
 
-use super::crypto::{MasterKey, Sealed, Secret};
 use super::import::{check_bulk, check_import, ImportError, ImportRequest};
-use super::state::{Integration, IntegrationStatus, Number, NumberStatus, State, StateError};
 use super::store::ControlStore;
 use super::vendor::{ImportVendorError, TwilioClient, VendorError};
 use crate::config::{AdminToken, Permission};
 use crate::deadletter::{DeadLetterError, DeadLetters};
-use crate::regions::{Region, REGIONS};
+use crate::model::crypto::{MasterKey, Sealed, Secret};
+use crate::model::regions::{Region, REGIONS};
+use crate::model::state::{
+    Integration, IntegrationStatus, Number, NumberStatus, State, StateError,
+};
 use crate::signature::constant_time_eq;
 use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -245,21 +247,7 @@ fn route(method: &Method, path: &str) -> Result<Op, ApiError> {
 
 /// Decodes `%XX` escapes (`%2B` → `+`); a literal `+` stays `+`. `None` if malformed.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let text = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(text, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(s, crate::percent::Plus::Literal)
 }
 
 /// The value of one query parameter, percent-decoded.
@@ -811,7 +799,7 @@ impl Ctx<'_> {
         if req.name.trim().is_empty() {
             return Err(ApiError::invalid_request("name must not be empty"));
         }
-        if !super::state::is_account_sid(&req.account_sid) {
+        if !crate::model::state::is_account_sid(&req.account_sid) {
             return Err(ApiError::invalid_request(
                 "account_sid must be AC followed by 32 hex digits",
             ));
@@ -985,7 +973,7 @@ impl Ctx<'_> {
             return Ok(());
         };
         let valid = !req.name.trim().is_empty()
-            && super::state::is_account_sid(&req.account_sid)
+            && crate::model::state::is_account_sid(&req.account_sid)
             && !req.auth_token.trim().is_empty();
         if !valid {
             return Ok(());

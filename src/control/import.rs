@@ -2,7 +2,7 @@
 //! functions over the current state, run before a number enters the inventory. The
 //! vendor checks (Twilio REST) come after these and live elsewhere.
 
-use super::state::{
+use crate::model::state::{
     self, Compliance, IntegrationStatus, KeywordReply, Number, NumberStatus, NumberType, State,
 };
 use http::StatusCode;
@@ -315,8 +315,8 @@ fn derive_country(sender_id: &str, code: u16) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::crypto::Sealed;
-    use crate::control::state::Integration;
+    use crate::model::crypto::Sealed;
+    use crate::model::state::Integration;
 
     fn integration(id: &str, org: &str, status: IntegrationStatus) -> Integration {
         Integration {

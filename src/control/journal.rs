@@ -7,8 +7,8 @@
 //! on; loading replays the lines in order on that file. The store folds the journal into
 //! the file when changes pause (see `ControlStore::fold_journal_if_idle`).
 
-use super::state::{write_atomic, Integration, NumberDelta, State, StateError};
 use super::watch::Fingerprint;
+use crate::model::state::{write_atomic, Integration, NumberDelta, State, StateError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -242,8 +242,8 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::crypto::Sealed;
-    use crate::control::state::{IntegrationStatus, Number};
+    use crate::model::crypto::Sealed;
+    use crate::model::state::{IntegrationStatus, Number};
 
     fn integration(id: &str, name: &str) -> Integration {
         Integration {

@@ -11,11 +11,11 @@
 //! allow neither `+` nor `%`. Values: the state file's JSON of that one record; Auth Tokens
 //! stay sealed under the fleet's master key.
 
-use super::state::{
-    check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, State,
-};
 use super::store::ControlStore;
 use crate::config::NatsKvConfig;
+use crate::model::state::{
+    check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, State,
+};
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
@@ -35,15 +35,6 @@ const MAX_BATCH: usize = 4096;
 const POLL: Duration = Duration::from_millis(500);
 /// Longest pause between two reload attempts while NATS is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-
-/// JetStream's rule for bucket names, kept stricter: 1-64 of `[A-Za-z0-9_-]`.
-pub fn valid_bucket_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 /// Escapes an id or sender ID into one KV key token: `[A-Za-z0-9-]` kept, any other byte `_XX`.
 pub fn escape(s: &str) -> String {
@@ -164,7 +155,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result
     })
 }
 
-fn invalid(key: &str, e: super::state::StateError) -> RecordError {
+fn invalid(key: &str, e: crate::model::state::StateError) -> RecordError {
     RecordError::Invalid {
         key: key.to_string(),
         reason: e.to_string(),
@@ -373,23 +364,9 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
 /// Why the bucket could not be reached, loaded or written; each says what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum KvError {
-    /// The `.creds` file cannot be read.
-    #[error("control.nats_kv.credentials_file {path}: {source}")]
-    Credentials {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A configured URL does not parse.
-    #[error("control.nats_kv.servers: {0:?} is not a NATS server address")]
-    BadServer(String),
-    /// No server answered within the connect timeout.
-    #[error("cannot connect to NATS at {servers} (control.nats_kv.servers): {source}")]
-    Connect {
-        servers: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    /// The connection could not be made (credentials, addresses, no server answering).
+    #[error(transparent)]
+    Connect(#[from] crate::nats::ConnectError),
     /// The bucket can neither be found nor created.
     #[error("KV bucket {bucket}: {detail}")]
     Bucket { bucket: String, detail: String },
@@ -430,20 +407,17 @@ impl std::fmt::Debug for KvBackend {
 impl KvBackend {
     /// Connects and opens (or creates) the bucket; must run inside the server's runtime.
     pub async fn connect(cfg: &NatsKvConfig) -> Result<KvBackend, KvError> {
-        let servers = cfg
-            .servers
-            .iter()
-            .map(|s| s.parse().map_err(|_| KvError::BadServer(s.clone())))
-            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-        let disconnects = Arc::new(AtomicU64::new(0));
-        let client = connect_options(cfg, disconnects.clone())
-            .await?
-            .connect(servers)
-            .await
-            .map_err(|source| KvError::Connect {
-                servers: cfg.servers.join(","),
-                source,
-            })?;
+        let endpoint = crate::nats::Endpoint {
+            section: "control.nats_kv",
+            servers: &cfg.servers,
+            credentials_file: cfg.credentials_file.as_deref(),
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
+            client_name: "sms-ingress-control",
+            log_prefix: "control nats",
+            while_disconnected: "the bucket is reloaded whole after reconnecting",
+        };
+        let (client, disconnects) = crate::nats::connect(&endpoint).await?;
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
         let js = jetstream::ContextBuilder::new()
             .timeout(timeout)
@@ -600,40 +574,6 @@ impl KvBackend {
     }
 }
 
-/// Client options: name, timeouts, credentials, and a disconnect counter for the watcher.
-async fn connect_options(
-    cfg: &NatsKvConfig,
-    disconnects: Arc<AtomicU64>,
-) -> Result<async_nats::ConnectOptions, KvError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("sms-ingress-control")
-        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .request_timeout(Some(Duration::from_millis(cfg.request_timeout_ms)))
-        .event_callback(move |event| {
-            let disconnects = disconnects.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("control nats: connected"),
-                    async_nats::Event::Disconnected => {
-                        disconnects.fetch_add(1, Ordering::SeqCst);
-                        tracing::warn!("control nats: disconnected; the bucket is reloaded whole after reconnecting")
-                    }
-                    other => tracing::warn!(event = %other, "control nats: connection event"),
-                }
-            }
-        });
-    if let Some(path) = &cfg.credentials_file {
-        options = options
-            .credentials_file(path)
-            .await
-            .map_err(|source| KvError::Credentials {
-                path: path.display().to_string(),
-                source,
-            })?;
-    }
-    Ok(options)
-}
-
 /// The bucket, created if missing (another instance creating it at the same time is fine).
 async fn open_bucket(js: &jetstream::Context, cfg: &NatsKvConfig) -> Result<kv::Store, KvError> {
     let bucket_error = |detail: String| KvError::Bucket {
@@ -757,8 +697,8 @@ async fn reload(store: &ControlStore, backend: &KvBackend) -> kv::Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::crypto::Sealed;
-    use crate::control::state::NumberType;
+    use crate::model::crypto::Sealed;
+    use crate::model::state::NumberType;
 
     fn integration(id: &str, status: IntegrationStatus) -> Integration {
         Integration {
@@ -808,8 +748,6 @@ mod tests {
             Some(KeyName::Number("+1555".into()))
         );
         assert_eq!(key_name("meta.x"), None);
-        assert!(valid_bucket_name("sms_ingress_state"));
-        assert!(!valid_bucket_name("a.b") && !valid_bucket_name(""));
     }
 
     fn put_change(key: String, revision: u64, json: &impl serde::Serialize) -> Change {

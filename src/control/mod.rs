@@ -2,11 +2,9 @@
 
 pub mod admin;
 pub mod audit;
-pub mod crypto;
 pub mod import;
 pub mod journal;
 pub mod kv;
-pub mod state;
 pub mod store;
 pub mod vendor;
 pub mod watch;

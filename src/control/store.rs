@@ -12,13 +12,13 @@
 
 use super::admin::ApiError;
 use super::audit::{self, AuditLog};
-use super::crypto::MasterKey;
 use super::journal::{self, Journal};
 use super::kv::{plan, Change, KvBackend, KvError, Mirror, Tolerated};
-use super::state::{write_atomic, State, StateError};
 use super::watch::{
     decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint, ReloadError,
 };
+use crate::model::crypto::MasterKey;
+use crate::model::state::{write_atomic, State, StateError};
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -136,41 +136,10 @@ impl Drop for Reservation {
 /// fingerprint and stamp if it was rewritten (`None`: the change was journaled).
 type PreparedChange = (Box<dyn FnOnce() + Send>, Option<(Fingerprint, FileStamp)>);
 
-/// How much nicer than the webhooks the thread that prepares a change runs.
-const CHANGE_NICENESS: libc::c_int = 10;
-
-/// Runs `work` on a short-lived thread at a lower CPU priority, so that a change's
-/// O(state) work (validate, build, encode, write) yields the cores to the webhooks it
-/// would otherwise delay. If no thread can be started, it runs here at normal priority.
+/// Runs a change's O(state) work (validate, build, encode, write) at a lower priority,
+/// so it yields the cores to the webhooks it would otherwise delay.
 fn in_background<T: Send>(work: impl FnOnce() -> T + Send) -> T {
-    let mut work = Some(work);
-    std::thread::scope(|scope| {
-        let slot = &mut work;
-        let spawned = std::thread::Builder::new()
-            .name("control-change".into())
-            .spawn_scoped(scope, move || {
-                lower_this_threads_priority();
-                (slot.take().expect("taken once"))()
-            });
-        match spawned {
-            Ok(handle) => Some(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            ),
-            Err(_) => None,
-        }
-    })
-    .unwrap_or_else(|| (work.take().expect("not run"))())
-}
-
-/// Raises this thread's nice value by `CHANGE_NICENESS` (on Linux `nice` applies to the
-/// calling thread only); failure leaves it as it was.
-fn lower_this_threads_priority() {
-    // SAFETY: `nice` takes an integer and touches only the calling thread's priority.
-    unsafe {
-        libc::nice(CHANGE_NICENESS);
-    }
+    crate::background::run_nicer("control-change", work)
 }
 
 /// Counts one judged control-plane update by where it came from and how it ended.
@@ -518,7 +487,7 @@ impl ControlStore {
         metrics::gauge!("sms_ingress_control_file_reload_success")
             .set(f64::from(u8::from(accepted)));
         metrics::gauge!("sms_ingress_control_file_reload_timestamp_seconds")
-            .set(crate::inventory::unix_now());
+            .set(crate::telemetry::unix_now());
         let reason = result.as_ref().err().map(ToString::to_string);
         match result {
             Ok(_) => tracing::info!(path, version, "state file edit accepted"),
@@ -787,8 +756,8 @@ fn kv_failed(e: &KvError) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::crypto::{Sealed, Secret};
-    use crate::control::state::{Integration, IntegrationStatus};
+    use crate::model::crypto::{Sealed, Secret};
+    use crate::model::state::{Integration, IntegrationStatus};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn key() -> Arc<MasterKey> {
@@ -878,31 +847,8 @@ mod tests {
             .unwrap();
     }
 
-    fn number(sender_id: &str) -> crate::control::state::Number {
-        crate::control::state::Number::sample(sender_id)
-    }
-
-    #[test]
-    fn change_work_runs_at_lower_priority_and_returns_its_result() {
-        let nice_of_this_thread = || unsafe {
-            libc::getpriority(
-                libc::PRIO_PROCESS,
-                libc::syscall(libc::SYS_gettid) as libc::id_t,
-            )
-        };
-        let before = nice_of_this_thread();
-        let (value, nice) = in_background(|| (41 + 1, nice_of_this_thread()));
-        assert_eq!(value, 42);
-        assert_eq!(
-            nice,
-            (before + CHANGE_NICENESS).min(19),
-            "the change thread yields"
-        );
-        assert_eq!(
-            nice_of_this_thread(),
-            before,
-            "the caller keeps its priority"
-        );
+    fn number(sender_id: &str) -> crate::model::state::Number {
+        crate::model::state::Number::sample(sender_id)
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! in a `Basic` header marked sensitive; neither the token nor a response body is logged.
 
 use super::admin::ApiError;
-use super::crypto::Secret;
-use super::state::NumberType;
 use crate::config::ControlConfig;
+use crate::model::crypto::Secret;
+use crate::model::state::NumberType;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
@@ -245,13 +245,7 @@ impl Creds {
 /// Percent-encodes a query or path value (everything but unreserved characters).
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
+    crate::percent::encode_component(s, &mut out);
     out
 }
 

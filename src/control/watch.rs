@@ -5,8 +5,8 @@
 //! judging an edit whole (`parse_external`) before the store swaps it in or rejects it.
 
 use super::audit::redact_quoted;
-use super::state::{State, StateError};
 use super::store::ControlStore;
+use crate::model::state::{State, StateError};
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use std::ffi::OsString;

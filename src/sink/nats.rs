@@ -11,6 +11,7 @@
 
 use crate::config::NatsConfig;
 use crate::envelope::{DecodeError, Envelope, Kind};
+use crate::nats::{subjects_cover, SUBJECT_ROOT};
 use crate::sink::{QueueSink, SinkError};
 use async_nats::connection::State;
 use async_nats::jetstream::{self, context::PublishError, stream};
@@ -22,8 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
-/// Every subject this service publishes to lies under it; the stream must cover it.
-pub const SUBJECT_ROOT: &str = "sms.>";
 /// Header naming the envelope's org, for consumers that route without decoding.
 pub const HEADER_ORG: &str = "Sms-Org";
 /// Header naming the envelope's queue.
@@ -36,20 +35,8 @@ pub const HEADER_INTEGRATION: &str = "Sms-Integration";
 /// Why the NATS sink could not start, store or read; each variant says what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("sink.nats.credentials_file {path}: {source}")]
-    Credentials {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot connect to NATS at {servers} (sink.nats.servers): {source}")]
-    Connect {
-        servers: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
-    #[error("sink.nats.servers: {0:?} is not a NATS server address")]
-    BadServer(String),
+    #[error(transparent)]
+    Connect(#[from] crate::nats::ConnectError),
     #[error("JetStream stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
     #[error("JetStream stream {stream} exists but cannot be used: {problem}; fix the stream (nats stream edit/info) or set sink.nats.stream to another name")]
@@ -85,35 +72,6 @@ impl From<NatsError> for SinkError {
     fn from(e: NatsError) -> SinkError {
         SinkError::Unavailable(e.to_string())
     }
-}
-
-/// Whether `pattern` matches every subject that `subject` (which may hold wildcards) matches.
-pub fn subject_covers(pattern: &str, subject: &str) -> bool {
-    let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
-    loop {
-        match (p.next(), s.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some(_), Some(">")) => return false,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether any of the stream's subjects covers `subject`.
-pub fn subjects_cover(patterns: &[String], subject: &str) -> bool {
-    patterns.iter().any(|p| subject_covers(p, subject))
-}
-
-/// JetStream's rule for stream names (they become tokens of API subjects).
-pub fn valid_stream_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
 }
 
 /// The subject of a queue's envelopes of one kind.
@@ -190,15 +148,17 @@ pub struct NatsConnection {
 impl NatsConnection {
     /// Connects (must run inside the server's runtime); reconnection afterwards is automatic and unbounded.
     pub async fn connect(cfg: &NatsConfig) -> Result<NatsConnection, NatsError> {
-        let servers = server_addrs(&cfg.servers)?;
-        let client = connect_options(cfg)
-            .await?
-            .connect(servers)
-            .await
-            .map_err(|source| NatsError::Connect {
-                servers: cfg.servers.join(","),
-                source,
-            })?;
+        let endpoint = crate::nats::Endpoint {
+            section: "sink.nats",
+            servers: &cfg.servers,
+            credentials_file: cfg.credentials_file.as_deref(),
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.publish_timeout_ms),
+            client_name: "sms-ingress",
+            log_prefix: "nats",
+            while_disconnected: "webhooks answer 503 until reconnected",
+        };
+        let (client, _) = crate::nats::connect(&endpoint).await?;
         let publish_timeout = Duration::from_millis(cfg.publish_timeout_ms);
         let js = jetstream::ContextBuilder::new()
             .timeout(publish_timeout)
@@ -304,42 +264,6 @@ impl NatsConnection {
             .await
             .map_err(|_| NatsError::Timeout(self.publish_timeout))?
     }
-}
-
-/// Parses the configured URLs, so a typo fails start-up with the key's name.
-fn server_addrs(servers: &[String]) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
-    servers
-        .iter()
-        .map(|s| s.parse().map_err(|_| NatsError::BadServer(s.clone())))
-        .collect()
-}
-
-/// Client options: name, timeouts, credentials, and connection events in the log.
-async fn connect_options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, NatsError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name("sms-ingress")
-        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .request_timeout(Some(Duration::from_millis(cfg.publish_timeout_ms)))
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats: connected"),
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("nats: disconnected; webhooks answer 503 until reconnected")
-                }
-                other => tracing::warn!(event = %other, "nats: connection event"),
-            }
-        });
-    if let Some(path) = &cfg.credentials_file {
-        options =
-            options
-                .credentials_file(path)
-                .await
-                .map_err(|source| NatsError::Credentials {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-    }
-    Ok(options)
 }
 
 fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
@@ -466,35 +390,6 @@ pub async fn tail(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subject_coverage_follows_nats_wildcards() {
-        assert!(subject_covers("sms.>", "sms.>"));
-        assert!(subject_covers(">", "sms.>"));
-        assert!(subject_covers("*.>", "sms.>"));
-        assert!(subject_covers("sms.>", "sms.inbound.q"));
-        assert!(subject_covers("sms.*.q", "sms.inbound.q"));
-        assert!(!subject_covers("sms.*", "sms.>"));
-        assert!(!subject_covers("sms.*.*", "sms.>"));
-        assert!(!subject_covers("sms.inbound.>", "sms.>"));
-        assert!(!subject_covers("other.>", "sms.>"));
-        assert!(!subject_covers("sms", "sms.>"));
-        assert!(!subject_covers("sms.inbound", "sms.inbound.q"));
-        assert!(subjects_cover(
-            &["x.y".into(), "sms.>".into()],
-            SUBJECT_ROOT
-        ));
-        assert!(!subjects_cover(&[], SUBJECT_ROOT));
-    }
-
-    #[test]
-    fn stream_names_follow_jetstream_rules() {
-        assert!(valid_stream_name("SMS"));
-        assert!(valid_stream_name("sms-ingress_eu"));
-        for bad in ["", "a.b", "a b", "a*", "a>", "a/b", "a\\b"] {
-            assert!(!valid_stream_name(bad), "{bad:?}");
-        }
-    }
 
     #[test]
     fn created_stream_is_compatible_and_changes_are_named() {

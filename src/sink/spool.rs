@@ -207,9 +207,7 @@ fn list_segments(qdir: &Path) -> Result<Vec<u64>, SpoolError> {
 
 /// Makes a created or removed directory entry durable.
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))
+    crate::fsutil::sync_dir(dir).map_err(io_at(dir))
 }
 
 fn file_len(file: &File, path: &Path) -> Result<u64, SpoolError> {

@@ -82,7 +82,7 @@ fn vendor_toml(opts: &Options) -> String {
 }
 
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
-    let key = sms_ingress::control::crypto::MasterKey::generate_base64().unwrap();
+    let key = sms_ingress::model::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
     let spool_sink = format!(
         "[sink]\nkind = \"spool\"\ndir = \"{d}/spool\"\nmax_batch = {mb}\n",

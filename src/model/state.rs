@@ -1,7 +1,7 @@
 //! The control-plane state: organisations' integrations and their imported numbers, as
 //! stored in the state file. Validated whole before it is ever served.
 
-use super::crypto::Sealed;
+use crate::model::crypto::Sealed;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -373,36 +373,13 @@ pub fn is_queue_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Replaces `path` with `bytes` atomically: temp file beside it, fsync, rename, fsync the
-/// directory, so a reader (or the watcher) never sees half a file.
+/// Replaces `path` with `bytes` atomically (`fsutil::write_atomic`), naming the file in the error.
 /// Returns the written file's metadata (taken before the rename, which keeps the inode).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<std::fs::Metadata, StateError> {
-    let werr = |source| StateError::Write {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| StateError::Write {
         path: path.display().to_string(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(werr)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let meta = {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(bytes).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        f.metadata().map_err(werr)?
-    };
-    std::fs::rename(&tmp, path).map_err(werr)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(werr)?;
-    Ok(meta)
+    })
 }
 
 /// The invariants of one integration on its own (the fleet store checks each KV record).
