@@ -127,7 +127,7 @@ impl Dispatcher {
         };
         self.spawner
             .spawn(format!("sink-{name}"), Box::new(move || worker.run()))
-            .map_err(SinkError::Io)?;
+            .map_err(SinkError::from)?;
         queues.insert(name.to_string(), handle.clone());
         Ok(handle)
     }

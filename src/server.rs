@@ -14,7 +14,7 @@ use crate::policy::Dedup;
 use crate::signature::PublicUrl;
 use crate::sink::nats::NatsConnection;
 use crate::sink::spool::SpoolWriter;
-use crate::sink::{QueueSink, SinkError};
+use crate::sink::QueueSink;
 use crate::telemetry::LogReload;
 use crate::webhook::Webhook;
 use anyhow::Context;
@@ -27,9 +27,7 @@ fn spool_factory(cfg: &Config) -> SinkFactory {
     let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
     let preallocate = cfg.sink.preallocate_bytes;
     Box::new(move |queue: &str| {
-        let writer = SpoolWriter::open(&dir, queue, segment_bytes)
-            .map_err(|e| SinkError::Unavailable(format!("spool {}: {e}", dir.display())))?
-            .with_preallocation(preallocate);
+        let writer = SpoolWriter::open(&dir, queue, segment_bytes)?.with_preallocation(preallocate);
         Ok(Box::new(writer) as Box<dyn QueueSink>)
     })
 }

@@ -6,13 +6,24 @@ pub mod spool;
 
 use crate::envelope::Envelope;
 
+/// A sink's own error, kept whole as the source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a batch is not durable; every envelope of that batch is answered 503.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// The disk or the OS refused (the source names the file).
     #[error("sink i/o failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[source] Cause),
+    /// The sink cannot take the batch (connection down, record too large, damaged log).
     #[error("sink unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
+}
+
+impl From<std::io::Error> for SinkError {
+    fn from(e: std::io::Error) -> SinkError {
+        SinkError::Io(Box::new(e))
+    }
 }
 
 /// One queue's durable store, driven by that queue's single worker thread.

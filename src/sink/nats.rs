@@ -70,7 +70,7 @@ pub enum NatsError {
 
 impl From<NatsError> for SinkError {
     fn from(e: NatsError) -> SinkError {
-        SinkError::Unavailable(e.to_string())
+        SinkError::Unavailable(Box::new(e))
     }
 }
 

@@ -1,0 +1,55 @@
+//! The spool: the embedded durable sink, and the last step of the request path. A queue's
+//! worker appends each batch of envelopes to that queue's log with one `fdatasync`, and
+//! only then are the webhooks acknowledged; `spool tail` reads the log back as NDJSON.
+//!
+//! On disk: `<dir>/<queue>/<20-digit base offset>.log` segments. A record is framed as
+//! `u32 LE payload length`, `u32 LE crc32 of the payload`, payload (`Envelope::encode`).
+//! An offset is a byte position in the queue's whole log (segment base + position), so it
+//! stays valid across segments and restarts.
+
+mod frame;
+mod reader;
+mod segments;
+mod writer;
+
+pub use frame::{FRAME_HEADER_BYTES, MAX_RECORD_BYTES};
+pub use reader::SpoolReader;
+pub use segments::SpoolError;
+pub use writer::SpoolWriter;
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+/// How often `tail --follow` looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Prints the queue's records from `from` as NDJSON; with `follow`, keeps polling for new
+/// ones forever, else returns how many it printed. Backs `sms-ingress spool tail`.
+pub fn tail(
+    dir: &Path,
+    queue: &str,
+    from: u64,
+    follow: bool,
+    out: &mut dyn io::Write,
+) -> Result<u64, SpoolError> {
+    let mut reader = SpoolReader::open(dir, queue)?;
+    reader.seek(from);
+    let mut printed = 0;
+    loop {
+        while let Some((offset, env)) = reader.next_record()? {
+            serde_json::to_writer(&mut *out, &env.to_json(offset))
+                .map_err(|e| SpoolError::Output(e.into()))?;
+            out.write_all(b"\n").map_err(SpoolError::Output)?;
+            printed += 1;
+        }
+        out.flush().map_err(SpoolError::Output)?;
+        if !follow {
+            return Ok(printed);
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests;
