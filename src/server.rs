@@ -4,6 +4,7 @@
 use crate::config::{Config, SinkKind, StoreKind};
 use crate::control::admin::{self, AdminApi};
 use crate::control::audit::AuditLog;
+use crate::control::store::kv::backend::KvBackend;
 use crate::control::store::{ControlStore, Publisher};
 use crate::deadletter::DeadLetters;
 use crate::dispatch::{Dispatcher, SinkFactory, SinkProbe};
@@ -60,8 +61,7 @@ fn publisher(
         // The store prepares one change at a time, so the serving snapshot is the one
         // this state was derived from (or an unrelated one, which is simply not reused).
         let serving = inventory.load_full();
-        let snapshot = Snapshot::build_after(state, &key, &dispatcher, Some(&serving))
-            .map_err(|e| e.to_string())?;
+        let snapshot = Snapshot::build_after(state, &key, &dispatcher, Some(&serving))?;
         let (inventory, webhook) = (inventory.clone(), webhook.clone());
         Ok(Box::new(move || {
             inventory.publish(snapshot);
@@ -70,11 +70,8 @@ fn publisher(
     })
 }
 
-/// The bucket and its open watch, for the KV store's watcher thread.
-type KvWatch = (
-    Arc<crate::control::kv::KvBackend>,
-    async_nats::jetstream::kv::Watch,
-);
+/// The bucket's open watch, for the KV store's watcher thread.
+type KvWatch = async_nats::jetstream::kv::Watch;
 
 /// The configured control store; for `nats_kv` the whole bucket is loaded before it returns.
 async fn open_store(
@@ -89,7 +86,7 @@ async fn open_store(
         return Ok((store, None));
     }
     let kv = &cfg.control.nats_kv;
-    let backend = Arc::new(crate::control::kv::KvBackend::connect(kv).await?);
+    let backend = Arc::new(KvBackend::connect(kv).await?);
     let (changes, watch) = backend.load().await?;
     let store = ControlStore::open_kv(backend.clone(), &changes, key, publish)
         .with_context(|| format!("control.nats_kv bucket {}", kv.bucket))?
@@ -98,7 +95,7 @@ async fn open_store(
             false => webhook.set_unloaded(),
         }));
     tracing::info!(bucket = %kv.bucket, records = changes.len(), "control: KV bucket loaded");
-    Ok((store, Some((backend, watch))))
+    Ok((store, Some(watch)))
 }
 
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
@@ -137,21 +134,13 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     );
     let (store, kv_watch) = open_store(&cfg, key.clone(), publish, webhook.clone()).await?;
     let store = Arc::new(store.with_audit(AuditLog::open(&cfg.control.audit_log)?));
-    match kv_watch {
-        Some((backend, watch)) => {
-            crate::control::kv::spawn_watcher(store.clone(), backend, watch)?;
-        }
-        None => ControlStore::spawn_journal_folder(&store)
-            .context("cannot start the state journal's fold thread")?,
-    }
+    let watch_file = cfg.control.watch_state_file;
+    let _file_watch = store.spawn_followers(kv_watch, watch_file)?;
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api = Arc::new(
         AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?.with_vendor(vendor),
     );
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
-    let _watcher = (cfg.control.watch_state_file && cfg.control.store == StoreKind::File)
-        .then(|| crate::control::watch::spawn(admin_api.store().clone()))
-        .transpose()?;
 
     let tls = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
         (Some(cert), Some(key)) => Some(crate::listener::tls_acceptor(cert, key)?),
@@ -368,7 +357,7 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
     let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
     let (state, control) = match cfg.control.store {
         StoreKind::File => (
-            crate::control::journal::load(&cfg.control.state_file)?.state,
+            crate::control::store::file::journal::load(&cfg.control.state_file)?.state,
             String::new(),
         ),
         StoreKind::NatsKv => (

@@ -76,7 +76,12 @@ impl Harness {
             let (live, refuse, file) = (live.clone(), refuse.clone(), state_file.clone());
             Arc::new(move |s: &State| {
                 if refuse.load(Ordering::SeqCst) {
-                    return Err("data plane is refusing".into());
+                    return Err(sms_ingress::inventory::BuildError::Queue {
+                        queue: "q".into(),
+                        source: sms_ingress::sink::SinkError::Unavailable(
+                            "data plane is refusing".into(),
+                        ),
+                    });
                 }
                 // Prepared before the file is written.
                 let on_disk = State::load(&file).map(|d| d.version).unwrap_or(0);

@@ -3,8 +3,6 @@
 pub mod admin;
 pub mod audit;
 pub mod import;
-pub mod journal;
-pub mod kv;
+pub mod ops;
 pub mod store;
 pub mod vendor;
-pub mod watch;

@@ -6,7 +6,6 @@
 //! Credentials go out only to the configured bases (paging links are rebased onto them)
 //! in a `Basic` header marked sensitive; neither the token nor a response body is logged.
 
-use super::admin::ApiError;
 use crate::config::ControlConfig;
 use crate::model::crypto::Secret;
 use crate::model::state::NumberType;
@@ -57,35 +56,15 @@ pub enum VendorError {
 }
 
 impl VendorError {
-    /// The admin API's answer: rejected credentials are the tenant's to fix (422);
-    /// an unreachable or confused Twilio is ours to retry (503 / 502).
-    pub fn to_api_error(&self) -> ApiError {
+    /// The contract's code for this failure: rejected credentials are the tenant's to
+    /// fix; an unreachable or confused Twilio is ours to retry.
+    pub fn code(&self) -> &'static str {
         match self {
-            VendorError::CredentialsRejected => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "vendor_credentials_rejected",
-                "Twilio rejected this Account SID / Auth Token; check both in the Twilio console.",
-            ),
-            VendorError::Unreachable(why) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "vendor_unreachable",
-                format!(
-                    "Twilio could not be reached ({why}); nothing was changed, try again later."
-                ),
-            ),
-            VendorError::Unexpected(_) | VendorError::BadResponse(_) => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "vendor_error",
-                format!("{self}; nothing was changed, try again later."),
-            ),
-            VendorError::BadBase { .. } => ApiError::internal(self.to_string()),
+            VendorError::CredentialsRejected => "vendor_credentials_rejected",
+            VendorError::Unreachable(_) => "vendor_unreachable",
+            VendorError::Unexpected(_) | VendorError::BadResponse(_) => "vendor_error",
+            VendorError::BadBase { .. } => "internal",
         }
-    }
-}
-
-impl From<VendorError> for ApiError {
-    fn from(e: VendorError) -> Self {
-        e.to_api_error()
     }
 }
 
@@ -114,20 +93,7 @@ impl ImportVendorError {
         match self {
             ImportVendorError::NumberNotFound { .. } => "number_not_found_at_vendor",
             ImportVendorError::WebhookNotConfigured(_) => "webhook_not_configured",
-            ImportVendorError::Vendor(e) => e.to_api_error().code(),
-        }
-    }
-}
-
-impl From<ImportVendorError> for ApiError {
-    fn from(e: ImportVendorError) -> Self {
-        match e {
-            ImportVendorError::Vendor(v) => v.to_api_error(),
-            other => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                other.code(),
-                other.to_string(),
-            ),
+            ImportVendorError::Vendor(e) => e.code(),
         }
     }
 }
@@ -690,8 +656,9 @@ mod tests {
         let client = TwilioClient::new(&base, &base, Duration::from_secs(2)).unwrap();
         let e = client.check_credentials(ACCT, &token()).await.unwrap_err();
         assert!(matches!(e, VendorError::Unreachable(_)), "{e:?}");
-        assert_eq!(e.to_api_error().code(), "vendor_unreachable");
-        assert_eq!(e.to_api_error().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "vendor_unreachable");
+        let api = crate::control::admin::ApiError::from(e.clone());
+        assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
 
         let s = setup(Duration::from_millis(100)).await;
         s.fake.set_delay(Duration::from_millis(1000));
@@ -718,7 +685,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        let api: ApiError = e.into();
+        let api: crate::control::admin::ApiError = e.into();
         assert_eq!(
             (api.status(), api.code()),
             (

@@ -1,40 +1,23 @@
-//! The fleet's control-plane storage (`control.store = "nats_kv"`): the same records as the
-//! state file, one JetStream KV key per record, that every instance watches and the admin
-//! API of any instance writes with compare-and-set. This file holds the pure half (key
-//! escaping, record codec, the `Mirror` of the bucket and the tolerant view served from it,
-//! the ordered write plan of a change) and the I/O half (`KvBackend`: connect, load the
-//! whole bucket, CAS writes, and the watcher thread that keeps the store current and
-//! reloads everything after a reconnect). `ControlStore` decides; this module talks to NATS.
+//! The bucket's records, pure: one JetStream KV key per record (`integration.<id>`,
+//! `number.<sender id>`, escaped to KV key characters), the record codec, the instance's
+//! `Mirror` of the bucket and the tolerant view served from it, and the ordered write plan
+//! of a change. No I/O: the backend talks to NATS, the store decides.
 //!
-//! Keys: `integration.<id>` and `number.<sender id>`, each escaped (`escape`) so that only
-//! `[A-Za-z0-9-]` stays as is and any other byte becomes `_XX` (`+` → `_2B`): KV keys
-//! allow neither `+` nor `%`. Values: the state file's JSON of that one record; Auth Tokens
-//! stay sealed under the fleet's master key.
+//! Keys: each id is escaped (`escape`) so that only `[A-Za-z0-9-]` stays as is and any
+//! other byte becomes `_XX` (`+` → `_2B`): KV keys allow neither `+` nor `%`. Values: the
+//! state file's JSON of that one record; Auth Tokens stay sealed under the fleet's master
+//! key.
 
-use super::store::ControlStore;
-use crate::config::NatsKvConfig;
 use crate::model::state::{
     check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, State,
 };
-use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::runtime::Handle;
 
 /// Key prefix of integration records.
 pub const INTEGRATION_PREFIX: &str = "integration.";
 /// Key prefix of number records.
 pub const NUMBER_PREFIX: &str = "number.";
-/// Most watch entries folded into one snapshot rebuild.
-const MAX_BATCH: usize = 4096;
-/// How often the watcher looks at the connection while no entry arrives.
-const POLL: Duration = Duration::from_millis(500);
-/// Longest pause between two reload attempts while NATS is away.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Escapes an id or sender ID into one KV key token: `[A-Za-z0-9-]` kept, any other byte `_XX`.
 pub fn escape(s: &str) -> String {
@@ -137,21 +120,10 @@ pub struct Change {
     pub value: Option<Bytes>,
 }
 
-impl Change {
-    fn from_entry(e: kv::Entry) -> Change {
-        let value = (e.operation == kv::Operation::Put).then_some(e.value);
-        Change {
-            key: e.key,
-            revision: e.revision,
-            value,
-        }
-    }
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, RecordError> {
     serde_json::from_slice(value).map_err(|e| RecordError::Json {
         key: key.to_string(),
-        reason: super::audit::redact_quoted(&e.to_string()),
+        reason: crate::control::audit::redact_quoted(&e.to_string()),
     })
 }
 
@@ -359,339 +331,6 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
             }),
     );
     ops
-}
-
-/// Why the bucket could not be reached, loaded or written; each says what to look at.
-#[derive(Debug, thiserror::Error)]
-pub enum KvError {
-    /// The connection could not be made (credentials, addresses, no server answering).
-    #[error(transparent)]
-    Connect(#[from] crate::nats::ConnectError),
-    /// The bucket can neither be found nor created.
-    #[error("KV bucket {bucket}: {detail}")]
-    Bucket { bucket: String, detail: String },
-    /// Reading the bucket (whole, or some keys) failed.
-    #[error("loading KV bucket {bucket}: {detail}")]
-    Load { bucket: String, detail: String },
-    /// Someone else wrote the key since this instance last saw it.
-    #[error("key {0} changed concurrently (compare-and-set lost)")]
-    Conflict(String),
-    /// A write failed for another reason than a lost compare-and-set.
-    #[error("writing key {key}: {detail}")]
-    Write { key: String, detail: String },
-    /// NATS did not answer in time.
-    #[error("KV request did not complete within {0:?} (control.nats_kv.request_timeout_ms)")]
-    Timeout(Duration),
-}
-
-/// The connected client and the bucket; shared by the store (writes) and the watcher.
-pub struct KvBackend {
-    client: async_nats::Client,
-    js: jetstream::Context,
-    store: kv::Store,
-    bucket: String,
-    timeout: Duration,
-    handle: Handle,
-    /// Bumped at every disconnect; the watcher reloads the bucket when it moved.
-    disconnects: Arc<AtomicU64>,
-}
-
-impl std::fmt::Debug for KvBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvBackend")
-            .field("bucket", &self.bucket)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KvBackend {
-    /// Connects and opens (or creates) the bucket; must run inside the server's runtime.
-    pub async fn connect(cfg: &NatsKvConfig) -> Result<KvBackend, KvError> {
-        let endpoint = crate::nats::Endpoint {
-            section: "control.nats_kv",
-            servers: &cfg.servers,
-            credentials_file: cfg.credentials_file.as_deref(),
-            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
-            request_timeout: Duration::from_millis(cfg.request_timeout_ms),
-            client_name: "sms-ingress-control",
-            log_prefix: "control nats",
-            while_disconnected: "the bucket is reloaded whole after reconnecting",
-        };
-        let (client, disconnects) = crate::nats::connect(&endpoint).await?;
-        let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        let js = jetstream::ContextBuilder::new()
-            .timeout(timeout)
-            .build(client.clone());
-        let store = open_bucket(&js, cfg).await?;
-        Ok(KvBackend {
-            client,
-            js,
-            store,
-            bucket: cfg.bucket.clone(),
-            timeout,
-            handle: Handle::current(),
-            disconnects,
-        })
-    }
-
-    /// Whether the client is connected right now.
-    pub fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
-    fn load_error(&self, e: impl std::fmt::Display) -> KvError {
-        KvError::Load {
-            bucket: self.bucket.clone(),
-            detail: e.to_string(),
-        }
-    }
-
-    /// Reads the whole bucket (the last entry of every key, deletes included) through a
-    /// watch that then stays open for what comes next.
-    pub async fn load(&self) -> Result<(Vec<Change>, kv::Watch), KvError> {
-        let mut stream = self.store.stream.clone();
-        let present = stream
-            .info()
-            .await
-            .map_err(|e| self.load_error(e))?
-            .state
-            .messages;
-        let mut watch = self
-            .store
-            .watch_with_history(">")
-            .await
-            .map_err(|e| self.load_error(e))?;
-        let changes = match present {
-            0 => Vec::new(),
-            _ => self.read_until_current(&mut watch).await?,
-        };
-        Ok((changes, watch))
-    }
-
-    /// Entries of a watch with history until the one the bucket had last when it began.
-    async fn read_until_current(&self, watch: &mut kv::Watch) -> Result<Vec<Change>, KvError> {
-        let mut changes = Vec::new();
-        loop {
-            let entry = tokio::time::timeout(self.timeout, watch.next())
-                .await
-                .map_err(|_| KvError::Timeout(self.timeout))?
-                .ok_or_else(|| self.load_error("the watch ended during the load"))?
-                .map_err(|e| self.load_error(e))?;
-            let caught_up = entry.delta == 0;
-            changes.push(Change::from_entry(entry));
-            if caught_up {
-                return Ok(changes);
-            }
-        }
-    }
-
-    /// Runs the writes in order, each a compare-and-set on the key's revision in `mirror`,
-    /// recording each accepted write in `mirror`. Stops at the first failure (earlier writes
-    /// stay: the plan keeps every prefix valid). Blocking: call from a blocking thread.
-    pub fn write(&self, ops: &[Op], mirror: &mut Mirror) -> Result<u64, KvError> {
-        let mut last = mirror.last_revision();
-        for op in ops {
-            let expected = mirror.revision(op.key());
-            let revision = self.block_on(self.write_one(op, expected))?;
-            let value = match op {
-                Op::Put { value, .. } => Some(value.clone()),
-                Op::Delete { .. } => None,
-            };
-            let change = Change {
-                key: op.key().to_string(),
-                revision,
-                value,
-            };
-            // Our own record passed validation before it was written.
-            let _ = mirror.apply(&change);
-            last = revision;
-        }
-        Ok(last)
-    }
-
-    async fn write_one(&self, op: &Op, expected: u64) -> Result<u64, KvError> {
-        let key = op.key();
-        let subject = format!("{}{key}", self.store.prefix);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            async_nats::HeaderValue::from(expected),
-        );
-        let payload = match op {
-            Op::Put { value, .. } => value.clone(),
-            Op::Delete { .. } => {
-                headers.insert("KV-Operation", "DEL");
-                Bytes::new()
-            }
-        };
-        let write_error = |detail: String| KvError::Write {
-            key: key.to_string(),
-            detail,
-        };
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| write_error(e.to_string()))?
-            .await;
-        match ack {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(KvError::Conflict(key.to_string()))
-            }
-            Err(e) => Err(write_error(e.to_string())),
-        }
-    }
-
-    /// Reads the current entry of each key (after a lost compare-and-set). Blocking.
-    pub fn read(&self, keys: &[&str]) -> Result<Vec<Change>, KvError> {
-        self.block_on(async {
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let entry = self
-                    .store
-                    .entry(key.to_string())
-                    .await
-                    .map_err(|e| self.load_error(e))?;
-                out.extend(entry.map(Change::from_entry));
-            }
-            Ok(out)
-        })
-    }
-
-    /// Runs one request on the server's runtime from a blocking thread, bounded.
-    fn block_on<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, KvError>>,
-    ) -> Result<T, KvError> {
-        self.handle
-            .block_on(async { tokio::time::timeout(self.timeout, f).await })
-            .map_err(|_| KvError::Timeout(self.timeout))?
-    }
-
-    fn disconnects(&self) -> u64 {
-        self.disconnects.load(Ordering::SeqCst)
-    }
-}
-
-/// The bucket, created if missing (another instance creating it at the same time is fine).
-async fn open_bucket(js: &jetstream::Context, cfg: &NatsKvConfig) -> Result<kv::Store, KvError> {
-    let bucket_error = |detail: String| KvError::Bucket {
-        bucket: cfg.bucket.clone(),
-        detail,
-    };
-    if let Ok(store) = js.get_key_value(&cfg.bucket).await {
-        tracing::info!(bucket = %cfg.bucket, "control: using existing KV bucket");
-        return Ok(store);
-    }
-    // The stream a KV bucket is, created directly: the client's `create_key_value` first
-    // asks for account info in a shape nats-server 2.9 does not answer with.
-    match js.create_stream(bucket_stream(cfg)).await {
-        Ok(_) => {
-            tracing::info!(bucket = %cfg.bucket, replicas = cfg.replicas, "control: created KV bucket")
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "control: bucket not created; maybe another instance did")
-        }
-    }
-    js.get_key_value(&cfg.bucket)
-        .await
-        .map_err(|e| bucket_error(e.to_string()))
-}
-
-/// The stream behind the bucket, as the NATS KV conventions define it (history 1).
-pub fn bucket_stream(cfg: &NatsKvConfig) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name: format!("KV_{}", cfg.bucket),
-        description: Some(
-            "sms-ingress control plane (integration.<id>, number.<sender id>)".into(),
-        ),
-        subjects: vec![format!("$KV.{}.>", cfg.bucket)],
-        max_messages_per_subject: 1,
-        max_messages: -1,
-        max_bytes: -1,
-        max_message_size: -1,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: cfg.replicas,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    }
-}
-
-/// Starts the thread that feeds the bucket's changes into the store, and reloads the whole
-/// bucket (with `/readyz` at 503 meanwhile) when the watch fails or the connection dropped.
-pub fn spawn_watcher(
-    store: Arc<ControlStore>,
-    backend: Arc<KvBackend>,
-    watch: kv::Watch,
-) -> std::io::Result<()> {
-    let handle = backend.handle.clone();
-    std::thread::Builder::new()
-        .name("kv-watch".into())
-        .spawn(move || handle.block_on(watch_loop(store, backend, watch)))?;
-    Ok(())
-}
-
-async fn watch_loop(store: Arc<ControlStore>, backend: Arc<KvBackend>, watch: kv::Watch) {
-    let mut watch = watch;
-    let mut seen = backend.disconnects();
-    loop {
-        let healthy = match tokio::time::timeout(POLL, watch.next()).await {
-            Ok(Some(Ok(entry))) => {
-                store.kv_ingest(drain(Change::from_entry(entry), &mut watch));
-                true
-            }
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "control: KV watch failed; reloading the bucket");
-                false
-            }
-            Ok(None) => {
-                tracing::warn!("control: KV watch ended; reloading the bucket");
-                false
-            }
-            Err(_) => backend.disconnects() == seen,
-        };
-        if !healthy {
-            store.kv_unsynced();
-            seen = backend.disconnects();
-            watch = reload(&store, &backend).await;
-        }
-    }
-}
-
-/// The first change and whatever else is already waiting, so a burst is one rebuild.
-fn drain(first: Change, watch: &mut kv::Watch) -> Vec<Change> {
-    let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
-        match watch.next().now_or_never() {
-            Some(Some(Ok(entry))) => batch.push(Change::from_entry(entry)),
-            _ => break,
-        }
-    }
-    batch
-}
-
-/// Loads the whole bucket again (retrying with backoff while NATS is away) and hands it
-/// to the store; returns the watch that continues from there.
-async fn reload(store: &ControlStore, backend: &KvBackend) -> kv::Watch {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        if backend.is_connected() {
-            match backend.load().await {
-                Ok((changes, watch)) => {
-                    store.kv_replace(changes);
-                    return watch;
-                }
-                Err(e) => tracing::warn!(error = %e, "control: KV reload failed; retrying"),
-            }
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(MAX_BACKOFF);
-    }
 }
 
 #[cfg(test)]

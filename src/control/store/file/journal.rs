@@ -7,7 +7,7 @@
 //! on; loading replays the lines in order on that file. The store folds the journal into
 //! the file when changes pause (see `ControlStore::fold_journal_if_idle`).
 
-use super::watch::Fingerprint;
+use super::edits::Fingerprint;
 use crate::model::state::{write_atomic, Integration, NumberDelta, State, StateError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -87,7 +87,7 @@ fn hex(fp: &Fingerprint) -> String {
 /// replaced while changes were still journaled, which is refused rather than guessed at.
 pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
     let bytes = State::read_bytes(state_file)?;
-    let base = super::watch::fingerprint(bytes.as_deref());
+    let base = super::edits::fingerprint(bytes.as_deref());
     let mut state: State = match &bytes {
         Some(b) => serde_json::from_slice(b).map_err(|source| StateError::Parse {
             path: state_file.display().to_string(),

@@ -1,0 +1,446 @@
+//! The admin API (SPEC section 4): HTTP/1.1 + JSON on a Unix socket, served with hyper
+//! directly. It authenticates a bearer token, checks the route's permission, parses the
+//! body into the operation's typed request, runs the operation (`control::ops`), maps its
+//! error to a status, and writes one audit line per change from the typed request and its
+//! result. A token sees its own org only; Auth Tokens go in, are sealed, and never come out.
+
+mod auth;
+mod error;
+mod route;
+mod views;
+
+pub use auth::{AdminError, Principal};
+pub use error::ApiError;
+
+use crate::config::AdminToken;
+use crate::control::audit::{Entry, Outcome, Source};
+use crate::control::import::ImportRequest;
+use crate::control::ops::{self, Ctx};
+use crate::control::store::{Applied, ControlStore};
+use crate::control::vendor::TwilioClient;
+use crate::deadletter::DeadLetters;
+use crate::model::regions::Region;
+use auth::TokenEntry;
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Body;
+use route::Route;
+use serde::Deserialize;
+use serde_json::Value;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Largest request body the admin API reads (a bulk import may be larger).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The admin API: configured tokens, the store, and the region whose webhook URL it shows.
+pub struct AdminApi {
+    store: Arc<ControlStore>,
+    tokens: arc_swap::ArcSwap<Vec<TokenEntry>>,
+    region: &'static Region,
+    vendor: Option<Arc<TwilioClient>>,
+    dead_letters: Arc<DeadLetters>,
+}
+
+/// What a successful request answers: a status and, unless 204, a JSON body.
+type Reply = (StatusCode, Option<Value>);
+
+/// An accepted change: its answer, the version it made, and the object it is about.
+struct Changed {
+    reply: Reply,
+    version: u64,
+    target: String,
+}
+
+impl Changed {
+    fn new(status: StatusCode, body: Option<Value>, version: u64, target: &str) -> Changed {
+        Changed {
+            reply: (status, body),
+            version,
+            target: target.to_string(),
+        }
+    }
+}
+
+impl AdminApi {
+    /// Builds the API from the configured tokens; `region` is this instance's region.
+    pub fn new(
+        store: Arc<ControlStore>,
+        tokens: &[AdminToken],
+        region: &'static Region,
+        dead_letters: Arc<DeadLetters>,
+    ) -> Result<Self, AdminError> {
+        let tokens = arc_swap::ArcSwap::from_pointee(auth::token_entries(tokens)?);
+        Ok(AdminApi {
+            store,
+            tokens,
+            region,
+            vendor: None,
+            dead_letters,
+        })
+    }
+
+    /// Turns the Twilio REST checks on (`Some`) or off (`None`, `control.vendor_checks = false`).
+    pub fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
+        self.vendor = vendor;
+        self
+    }
+
+    /// Replaces the admin tokens (SIGHUP reload); on a bad hash the old tokens stay.
+    pub fn set_tokens(&self, tokens: &[AdminToken]) -> Result<(), AdminError> {
+        self.tokens.store(Arc::new(auth::token_entries(tokens)?));
+        Ok(())
+    }
+
+    /// The store behind the API.
+    pub fn store(&self) -> &Arc<ControlStore> {
+        &self.store
+    }
+
+    /// Finds the caller by the SHA-256 of the bearer token, comparing in constant time.
+    pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Option<Principal> {
+        auth::authenticate(&self.tokens.load(), authorization)
+    }
+
+    /// Answers one request; every outcome, errors included, is a JSON response.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match self.handle_inner(req).await {
+            Ok((status, Some(body))) => views::json_response(status, &body),
+            Ok((status, None)) => views::empty_response(status),
+            Err(e) => views::error_response(&e),
+        }
+    }
+
+    async fn handle_inner<B>(&self, req: Request<B>) -> Result<Reply, ApiError>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let who = self
+            .authenticate(req.headers().get(AUTHORIZATION))
+            .ok_or_else(ApiError::unauthorized)?;
+        let route = route::route(req.method(), req.uri().path())?;
+        if let Some(p) = route.permission() {
+            if !who.permissions.contains(&p) {
+                return Err(ApiError::forbidden(&auth::permission_name(p)));
+            }
+        }
+        let query = req.uri().query().map(str::to_string);
+        let body = match route.body_limit() {
+            Some(limit) => read_body(req, limit).await?,
+            None => Bytes::new(),
+        };
+        if matches!(route, Route::ReplayDeadLetters) {
+            return self.replay_dead_letters(&who, &body).await;
+        }
+        let store = Arc::clone(&self.store);
+        let region = self.region;
+        let vendor = self.vendor.clone();
+        let runtime = tokio::runtime::Handle::current();
+        // Writes fsync the state file and vendor checks wait on Twilio: keep both off the
+        // async workers (a blocking thread may wait on the runtime with `block_on`).
+        tokio::task::spawn_blocking(move || {
+            let ctx = Ctx {
+                store: &store,
+                org: &who.org,
+                region,
+                vendor: vendor.as_deref(),
+                runtime: &runtime,
+            };
+            Caller {
+                ctx: &ctx,
+                who: &who,
+            }
+            .run(route, query.as_deref(), &body)
+        })
+        .await
+        .unwrap_or_else(|_| Err(ApiError::internal("the request handler failed")))
+    }
+
+    /// Replays an active own-org integration's dead letters; async, as it awaits the
+    /// queues' acks. One audit line and one log line, accepted or refused.
+    async fn replay_dead_letters(&self, who: &Principal, body: &[u8]) -> Result<Reply, ApiError> {
+        let parsed = parse::<ops::dead_letter_replay::ReplayRequest>(body);
+        let target = parsed
+            .as_ref()
+            .map_or("-".to_string(), |r| r.integration_id.clone());
+        let result = match parsed {
+            Ok(req) => {
+                ops::dead_letter_replay::run(&self.store, &self.dead_letters, &who.org, &req)
+                    .await
+                    .map_err(ApiError::from)
+                    .map(|report| (StatusCode::OK, Some(serde_json::json!(report))))
+            }
+            Err(e) => Err(e),
+        };
+        let version = self.store.version();
+        record_audit(
+            &self.store,
+            who,
+            "dead_letters.replay",
+            &target,
+            &result,
+            version,
+        );
+        let outcome = result.as_ref().err().map_or("ok", ApiError::code);
+        let report = result.as_ref().ok().and_then(|(_, v)| v.clone());
+        tracing::info!(org = %who.org, token_id = %who.token_id, action = "dead_letters.replay", target = %target, result = outcome, report = ?report, "admin change");
+        result
+    }
+}
+
+/// One request on the blocking pool: the operation's context and the caller.
+struct Caller<'a> {
+    ctx: &'a Ctx<'a>,
+    who: &'a Principal,
+}
+
+impl Caller<'_> {
+    fn run(&self, route: Route, query: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
+        let ctx = self.ctx;
+        match route {
+            Route::ListIntegrations => {
+                let list = ops::reads::list_integrations(ctx);
+                Ok(ok(Value::Array(
+                    list.iter().map(views::integration).collect(),
+                )))
+            }
+            Route::GetIntegration(id) => {
+                let info = ops::reads::get_integration(ctx, &id)?;
+                Ok(ok(views::integration(&info)))
+            }
+            Route::ListNumbers => {
+                let filter = route::query_param(query, "integration_id")?;
+                let list = ops::reads::list_numbers(ctx, filter.as_deref());
+                let org = ctx.org;
+                Ok(ok(Value::Array(
+                    list.iter().map(|n| views::number(n, org)).collect(),
+                )))
+            }
+            Route::Regions => Ok(ok(views::regions(ctx.region))),
+            Route::ReplayDeadLetters => Err(ApiError::internal(
+                "dead-letter replay is served on the async path",
+            )),
+            Route::CreateIntegration => self.audited("integration.create", "-", || {
+                let a = ops::integration_create::run(ctx, parse(body)?)?;
+                let id = a.value.integration.id.clone();
+                Ok(changed(StatusCode::CREATED, a, views::integration, &id))
+            }),
+            Route::PatchIntegration(id) => {
+                let parsed = parse::<ops::integration_patch::PatchIntegration>(body);
+                let action = parsed
+                    .as_ref()
+                    .map_or(ops::integration_patch::ACTION, |r| r.action());
+                self.audited(action, &id, || {
+                    let a = ops::integration_patch::run(ctx, &id, parsed?)?;
+                    Ok(changed(StatusCode::OK, a, views::integration, &id))
+                })
+            }
+            Route::DeleteIntegration(id) => self.audited("integration.delete", &id, || {
+                let a = ops::integration_delete::run(ctx, &id)?;
+                Ok(Changed::new(StatusCode::NO_CONTENT, None, a.version, &id))
+            }),
+            Route::ImportNumber => {
+                let parsed = parse::<ImportRequest>(body);
+                let target = parsed
+                    .as_ref()
+                    .map_or("-".to_string(), ops::number_import::target);
+                self.audited("number.import", &target, || {
+                    let a = ops::number_import::run(ctx, parsed?)?;
+                    let sender = a.value.sender_id.to_string();
+                    let org = ctx.org;
+                    Ok(changed(
+                        StatusCode::CREATED,
+                        a,
+                        |n| views::number(n, org),
+                        &sender,
+                    ))
+                })
+            }
+            Route::BulkImport => {
+                let parsed = parse::<ops::number_bulk::BulkImport>(body);
+                let target = parsed
+                    .as_ref()
+                    .map_or("-".to_string(), ops::number_bulk::BulkImport::target);
+                self.audited("number.bulk_import", &target, || {
+                    let a = ops::number_bulk::run(ctx, parsed?)?;
+                    let body = serde_json::json!({ "imported": a.value });
+                    Ok(Changed::new(
+                        StatusCode::CREATED,
+                        Some(body),
+                        a.version,
+                        &target,
+                    ))
+                })
+            }
+            Route::DeleteNumber(sid) => self.audited("number.delete", &sid, || {
+                let a = ops::number_delete::run(ctx, &sid)?;
+                Ok(Changed::new(StatusCode::NO_CONTENT, None, a.version, &sid))
+            }),
+        }
+    }
+
+    /// Runs a change and writes one audit line for it: who, what, and the outcome.
+    fn audited(
+        &self,
+        action: &'static str,
+        target: &str,
+        change: impl FnOnce() -> Result<Changed, ApiError>,
+    ) -> Result<Reply, ApiError> {
+        let (result, version, target) = match change() {
+            Ok(c) => (Ok(c.reply), c.version, c.target),
+            Err(e) => (Err(e), self.ctx.store.version(), target.to_string()),
+        };
+        record_audit(self.ctx.store, self.who, action, &target, &result, version);
+        let outcome = result.as_ref().map(|_| "ok").unwrap_or_else(|e| e.code());
+        tracing::info!(
+            org = %self.who.org,
+            token_id = %self.who.token_id,
+            action,
+            target = %target,
+            result = outcome,
+            "admin change"
+        );
+        result
+    }
+}
+
+/// A 200 with a body.
+fn ok(body: Value) -> Reply {
+    (StatusCode::OK, Some(body))
+}
+
+/// An accepted change answered with `view` of its value.
+fn changed<T>(
+    status: StatusCode,
+    applied: Applied<T>,
+    view: impl FnOnce(&T) -> Value,
+    target: &str,
+) -> Changed {
+    Changed::new(status, Some(view(&applied.value)), applied.version, target)
+}
+
+/// Appends one admin change to the audit log; the message is redacted of quoted values.
+fn record_audit(
+    store: &ControlStore,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    result: &Result<Reply, ApiError>,
+    state_version: u64,
+) {
+    let err = result.as_ref().err();
+    store.audit().record(&Entry {
+        source: Source::Admin,
+        org: Some(&who.org),
+        token_id: Some(&who.token_id),
+        action,
+        target,
+        result: if err.is_some() {
+            Outcome::Rejected
+        } else {
+            Outcome::Accepted
+        },
+        code: err.map(ApiError::code),
+        reason: err.map(ApiError::message),
+        state_version,
+    });
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+async fn read_body<B>(req: Request<B>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err(ApiError::invalid_request(
+            "the request body could not be read",
+        )),
+    }
+}
+
+/// The typed request of a body.
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
+}
+
+/// Serves the admin API on a Unix socket until `shutdown` resolves, then lets open
+/// connections finish their current request.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    api: Arc<AdminApi>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_connection(stream, Arc::clone(&api), stop_rx.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: tokio::net::UnixStream,
+    api: Arc<AdminApi>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let service = hyper::service::service_fn(move |req| {
+        let api = Arc::clone(&api);
+        async move { Ok::<_, Infallible>(api.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "admin connection ended with an error");
+    }
+}

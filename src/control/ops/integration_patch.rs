@@ -1,0 +1,154 @@
+//! `PATCH /api/v1/integrations/{id}`: name, notes, Auth Token, the rotation token and its
+//! promotion, and status. Deactivating disables the integration's numbers (the seed's
+//! cascade); re-activating makes them active again.
+
+use super::rotation::{promote_next_auth_token, PROMOTE_WITH_TOKENS};
+use super::{find_own, Ctx, IntegrationInfo, OpError};
+use crate::control::store::Applied;
+use crate::model::crypto::Secret;
+use crate::model::state::{IntegrationStatus, Number, NumberStatus, State};
+use serde::Deserialize;
+
+/// The request body: an absent field is left alone, `null` clears it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchIntegration {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub notes: Option<Option<String>>,
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub next_auth_token: Option<Option<String>>,
+    #[serde(default)]
+    pub status: Option<IntegrationStatus>,
+    /// Makes the rotation candidate the primary token and clears it.
+    #[serde(default)]
+    pub promote_next_auth_token: bool,
+}
+
+/// The audit action of a patch that did not parse.
+pub const ACTION: &str = "integration.update";
+
+impl PatchIntegration {
+    /// The audit action, named for what the patch does (token values are never read here).
+    pub fn action(&self) -> &'static str {
+        match self.status {
+            Some(IntegrationStatus::Inactive) => return "integration.deactivate",
+            Some(IntegrationStatus::Active) => return "integration.activate",
+            None => {}
+        }
+        if self.promote_next_auth_token {
+            "integration.rotate.promote"
+        } else if self.next_auth_token.is_some() {
+            "integration.rotate.next_token"
+        } else if self.auth_token.is_some() {
+            "integration.token"
+        } else {
+            ACTION
+        }
+    }
+}
+
+/// Distinguishes a field given as `null` (`Some(None)`) from an absent one (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Has Twilio accept every token the patch sets, then applies the patch.
+pub fn run(
+    ctx: &Ctx<'_>,
+    id: &str,
+    req: PatchIntegration,
+) -> Result<Applied<IntegrationInfo>, OpError> {
+    check_tokens_with_twilio(ctx, id, &req)?;
+    if req.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(OpError::Invalid("name must not be empty".into()));
+    }
+    let auth_token = req
+        .auth_token
+        .as_deref()
+        .map(|t| ctx.seal(t, id))
+        .transpose()?;
+    let next_auth_token = match &req.next_auth_token {
+        Some(Some(t)) => Some(Some(ctx.seal(t, id)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    if req.promote_next_auth_token && (auth_token.is_some() || next_auth_token.is_some()) {
+        return Err(OpError::Rotation(PROMOTE_WITH_TOKENS));
+    }
+    ctx.store.apply(|s| {
+        let i = find_own(s, ctx.org, id)?;
+        if req.promote_next_auth_token {
+            promote_next_auth_token(i, ctx.store.master_key())?;
+        }
+        if let Some(name) = req.name.clone() {
+            i.name = name;
+        }
+        if let Some(notes) = req.notes.clone() {
+            i.notes = notes.unwrap_or_default();
+        }
+        if let Some(sealed) = auth_token.clone() {
+            i.auth_token = sealed;
+        }
+        if let Some(next) = next_auth_token.clone() {
+            i.next_auth_token = next;
+        }
+        if let Some(status) = req.status {
+            i.status = status;
+            set_number_status(s, id, status);
+        }
+        Ok(IntegrationInfo::of(s, id).expect("found above"))
+    })
+}
+
+/// Every Auth Token the patch sets (primary or next) must be accepted by Twilio for the
+/// integration's account; an unknown integration is left to the change's 404.
+fn check_tokens_with_twilio(
+    ctx: &Ctx<'_>,
+    id: &str,
+    req: &PatchIntegration,
+) -> Result<(), OpError> {
+    let Some(vendor) = ctx.vendor else {
+        return Ok(());
+    };
+    let mut state = ctx.store.snapshot();
+    let Ok(integration) = find_own(&mut state, ctx.org, id) else {
+        return Ok(());
+    };
+    let next = req.next_auth_token.clone().flatten();
+    let tokens = [req.auth_token.as_deref(), next.as_deref()];
+    for token in tokens
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.trim().is_empty())
+    {
+        let token = Secret::new(token);
+        ctx.wait(vendor.check_credentials(&integration.account_sid, &token))?;
+    }
+    Ok(())
+}
+
+/// Deactivation disables an integration's numbers; reactivation makes them active again.
+fn set_number_status(state: &mut State, integration_id: &str, status: IntegrationStatus) {
+    let (from, to) = match status {
+        IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
+        IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
+    };
+    let affected = |n: &Number| *n.integration_id == *integration_id && n.status == from;
+    // Writing copies a shared number list: only when a number really changes.
+    if !state.numbers.iter().any(affected) {
+        return;
+    }
+    for n in state.numbers.iter_mut() {
+        if affected(n) {
+            n.status = to;
+        }
+    }
+}
