@@ -3,6 +3,7 @@
 //! The modules follow the request path: `listener` → `webhook` → `form` → `signature` →
 //! `inventory` → `policy` → `dispatch` → `sink`; `control` changes the inventory.
 
+pub(crate) mod accept;
 pub(crate) mod background;
 pub mod config;
 pub mod control;
@@ -19,6 +20,7 @@ pub mod nats;
 pub mod percent;
 pub mod policy;
 pub mod server;
+pub mod shutdown;
 pub mod signature;
 pub mod sink;
 pub mod telemetry;

@@ -1,9 +1,10 @@
 //! The listener: accepts TCP connections, terminates TLS with rustls when configured (ALPN
 //! h2 and http/1.1), and serves HTTP/1.1 or HTTP/2 on each with hyper — the first step of
 //! the request path. It also enforces the connection-level limits (`[limits]`) and drains
-//! connections gracefully on shutdown.
+//! connections gracefully on shutdown (accepting itself is `accept`'s).
 
 use crate::config::LimitsConfig;
+use crate::shutdown::Shutdown;
 use crate::webhook::Webhook;
 use anyhow::Context;
 use bytes::Bytes;
@@ -21,7 +22,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 /// Builds the TLS acceptor from PEM files: TLS 1.2 and 1.3 only, rustls defaults, h2 preferred.
@@ -42,99 +42,42 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Tells every connection to finish its in-flight requests and close.
-#[derive(Clone)]
-pub struct Drain {
-    rx: watch::Receiver<bool>,
-}
-
-/// The sending side of `Drain`, held by start-up.
-pub struct DrainSignal {
-    tx: watch::Sender<bool>,
-}
-
-/// A drain signal and the receiver to hand to `serve`.
-pub fn drain_channel() -> (DrainSignal, Drain) {
-    let (tx, rx) = watch::channel(false);
-    (DrainSignal { tx }, Drain { rx })
-}
-
-impl DrainSignal {
-    /// Starts draining: no new requests on kept-alive connections, in-flight ones finish.
-    pub fn drain(&self) {
-        let _ = self.tx.send(true);
-    }
-
-    /// Waits until every connection task has ended (all receivers dropped), or the deadline.
-    pub async fn wait_closed(&self, deadline: Duration) -> bool {
-        tokio::time::timeout(deadline, self.tx.closed())
-            .await
-            .is_ok()
-    }
-}
-
-impl Drain {
-    async fn signalled(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
 /// Everything a connection task needs, shared.
 struct Shared {
     webhook: Arc<Webhook>,
     tls: Option<TlsAcceptor>,
     limits: LimitsConfig,
-    connections: Arc<Semaphore>,
     epoch: Instant,
 }
 
-/// Accepts connections until draining starts, one task per connection.
+/// Accepts webhook connections until shutdown begins, one task per connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     webhook: Arc<Webhook>,
     limits: LimitsConfig,
-    mut drain: Drain,
+    shutdown: Shutdown,
 ) {
+    let accept = crate::accept::Accept {
+        name: "webhook",
+        max_connections: limits.max_connections,
+    };
     let shared = Arc::new(Shared {
         webhook,
         tls,
-        connections: Arc::new(Semaphore::new(limits.max_connections)),
         limits,
         epoch: Instant::now(),
     });
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signalled() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                metrics::counter!("sms_ingress_accept_errors_total").increment(1);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            metrics::counter!("sms_ingress_connections_rejected_total", "reason" => "max_connections").increment(1);
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let (shared, drain) = (shared.clone(), drain.clone());
-        tokio::spawn(async move {
+    crate::accept::serve(listener, accept, shutdown, move |stream, peer, shutdown| {
+        let shared = shared.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
             metrics::gauge!("sms_ingress_connections_active").increment(1.0);
-            accept_one(stream, peer, &shared, drain).await;
+            accept_one(stream, peer, &shared, shutdown).await;
             metrics::gauge!("sms_ingress_connections_active").decrement(1.0);
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Completes TLS (bounded in time) if configured, then serves the connection.
@@ -142,10 +85,10 @@ async fn accept_one(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     shared: &Shared,
-    drain: Drain,
+    shutdown: Shutdown,
 ) {
     let Some(acceptor) = &shared.tls else {
-        return serve_connection(stream, shared, Protocol::Detect, drain).await;
+        return serve_connection(stream, shared, Protocol::Detect, shutdown).await;
     };
     let handshake = Duration::from_millis(shared.limits.tls_handshake_timeout_ms);
     match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
@@ -155,7 +98,7 @@ async fn accept_one(
                 Some(_) => Protocol::Http1,
                 None => Protocol::Detect,
             };
-            serve_connection(tls_stream, shared, protocol, drain).await
+            serve_connection(tls_stream, shared, protocol, shutdown).await
         }
         Ok(Err(e)) => {
             metrics::counter!("sms_ingress_tls_handshake_errors_total", "reason" => "failed")
@@ -179,7 +122,7 @@ enum Protocol {
 }
 
 /// Serves one connection until it ends, goes idle, or draining finishes it.
-async fn serve_connection<S>(stream: S, shared: &Shared, protocol: Protocol, mut drain: Drain)
+async fn serve_connection<S>(stream: S, shared: &Shared, protocol: Protocol, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -221,7 +164,7 @@ where
                 }
                 return;
             }
-            _ = drain.signalled(), if closing_since.is_none() => {
+            _ = shutdown.signalled(), if closing_since.is_none() => {
                 conn.as_mut().graceful_shutdown();
                 closing_since = Some(Instant::now());
             }

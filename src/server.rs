@@ -12,6 +12,7 @@ use crate::inventory::{Inventory, Snapshot};
 use crate::model::crypto::MasterKey;
 use crate::model::state::State;
 use crate::policy::Dedup;
+use crate::shutdown::terminate_requested;
 use crate::signature::PublicUrl;
 use crate::sink::nats::NatsConnection;
 use crate::sink::spool::SpoolWriter;
@@ -165,15 +166,17 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         })
     };
     let metrics_addr = metrics_listener.local_addr()?;
+    let (stopping, shutdown) = crate::shutdown::channel();
     tokio::spawn(crate::telemetry::serve_metrics(
         metrics_listener,
         prometheus,
         loaded_at,
+        shutdown.clone(),
     ));
     tokio::spawn(admin::serve(
         admin_listener,
         admin_api.clone(),
-        std::future::pending(),
+        shutdown.clone(),
     ));
     tokio::spawn(sweep_dedup(
         dedup,
@@ -199,27 +202,26 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
             admin: admin_api.clone(),
         },
     ));
-    let (drain_signal, drain) = crate::listener::drain_channel();
     let limits = cfg.limits.clone();
     tokio::spawn(crate::listener::serve(
-        listener, tls, webhook, limits, drain,
+        listener, tls, webhook, limits, shutdown,
     ));
-    shutdown_signal().await;
+    terminate_requested().await;
     let grace = Duration::from_millis(cfg.limits.shutdown_grace_ms);
     tracing::info!(
         grace_ms = cfg.limits.shutdown_grace_ms,
         "shutdown signal: draining connections"
     );
-    drain_signal.drain();
+    stopping.begin();
     tokio::select! {
-        closed = drain_signal.wait_closed(grace) => {
+        closed = stopping.wait_closed(grace) => {
             if closed {
                 tracing::info!("all connections closed; every acknowledged webhook is durable; exiting");
             } else {
                 tracing::warn!("shutdown grace period over with connections still open; exiting");
             }
         }
-        _ = shutdown_signal() => {
+        _ = terminate_requested() => {
             tracing::warn!("second shutdown signal: exiting at once");
             std::process::exit(130);
         }
@@ -340,15 +342,6 @@ async fn sweep_dedup(dedup: Arc<Dedup>, window: Duration) {
         // A sweep walks the whole map; a blocking thread keeps it off the request workers.
         let dedup = dedup.clone();
         let _ = tokio::task::spawn_blocking(move || dedup.sweep()).await;
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

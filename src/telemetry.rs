@@ -2,10 +2,10 @@
 //! `/metrics` listener, and the log subscriber.
 
 use crate::config::{LogConfig, LogFormat};
+use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -104,11 +104,13 @@ fn describe() {
     describe_histogram!("sms_ingress_sink_batch_size", "Envelopes per group commit");
 }
 
-/// Serves `GET /metrics` on its own listener, keeping the recorder's histograms drained.
+/// Serves `GET /metrics` on its own listener until shutdown, keeping the recorder's
+/// histograms drained.
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
     loaded_at: Arc<dyn Fn() -> f64 + Send + Sync>,
+    shutdown: Shutdown,
 ) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
@@ -118,38 +120,40 @@ pub async fn serve_metrics(
             upkeep.run_upkeep();
         }
     });
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+    let accept = crate::accept::Accept {
+        name: "metrics",
+        max_connections: usize::MAX,
+    };
+    crate::accept::serve(listener, accept, shutdown, move |stream, _, shutdown| {
         let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
-                    async move {
-                        let resp = if req.uri().path() == "/metrics" {
-                            metrics::gauge!("sms_ingress_snapshot_age_seconds")
-                                .set(unix_now() - loaded_at());
-                            let mut r = Response::new(Full::new(Bytes::from(handle.render())));
-                            r.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                            );
-                            r
-                        } else {
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            r
-                        };
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let response = scrape(&req, &handle, &*loaded_at);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+        crate::accept::serve_http1(stream, service, shutdown)
+    })
+    .await
+}
+
+/// The answer to one request of the metrics listener.
+fn scrape(
+    req: &http::Request<hyper::body::Incoming>,
+    handle: &PrometheusHandle,
+    loaded_at: &dyn Fn() -> f64,
+) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/metrics" {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
     }
+    metrics::gauge!("sms_ingress_snapshot_age_seconds").set(unix_now() - loaded_at());
+    let mut r = Response::new(Full::new(Bytes::from(handle.render())));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 /// Changes the log filter of the running process (SIGHUP reload).

@@ -60,7 +60,7 @@ struct Harness {
     /// States made live, in order.
     live: Arc<Mutex<Vec<State>>>,
     refuse: Arc<AtomicBool>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<sms_ingress::shutdown::ShutdownSignal>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -101,10 +101,8 @@ impl Harness {
             AdminApi::new(store.clone(), &tokens, region, dead_letters(dir.path())).unwrap(),
         );
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, api, async {
-            let _ = stopped.await;
-        }));
+        let (stop, shutdown) = sms_ingress::shutdown::channel();
+        let server = tokio::spawn(serve(listener, api, shutdown));
         Harness {
             _dir: dir,
             state_file,
@@ -186,7 +184,7 @@ impl Harness {
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        self.stop.take().unwrap().begin();
         self.server.take().unwrap().await.unwrap();
     }
 }

@@ -20,6 +20,7 @@ use crate::control::store::{Applied, ControlStore};
 use crate::control::vendor::TwilioClient;
 use crate::deadletter::DeadLetters;
 use crate::model::regions::Region;
+use crate::shutdown::Shutdown;
 use auth::TokenEntry;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH};
@@ -30,7 +31,6 @@ use route::Route;
 use serde::Deserialize;
 use serde_json::Value;
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 
 /// Largest request body the admin API reads (a bulk import may be larger).
@@ -390,57 +390,20 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
 }
 
-/// Serves the admin API on a Unix socket until `shutdown` resolves, then lets open
+/// Serves the admin API on a Unix socket until shutdown begins, then lets open
 /// connections finish their current request.
-pub async fn serve(
-    listener: tokio::net::UnixListener,
-    api: Arc<AdminApi>,
-    shutdown: impl Future<Output = ()>,
-) {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut conns = tokio::task::JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(serve_connection(stream, Arc::clone(&api), stop_rx.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    let _ = stop_tx.send(true);
-    while conns.join_next().await.is_some() {}
-}
-
-async fn serve_connection(
-    stream: tokio::net::UnixStream,
-    api: Arc<AdminApi>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let service = hyper::service::service_fn(move |req| {
-        let api = Arc::clone(&api);
-        async move { Ok::<_, Infallible>(api.handle(req).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+pub async fn serve(listener: tokio::net::UnixListener, api: Arc<AdminApi>, shutdown: Shutdown) {
+    let accept = crate::accept::Accept {
+        name: "admin",
+        max_connections: usize::MAX,
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "admin connection ended with an error");
-    }
+    crate::accept::serve(listener, accept, shutdown, move |stream, _, shutdown| {
+        let api = Arc::clone(&api);
+        let service = hyper::service::service_fn(move |req| {
+            let api = Arc::clone(&api);
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        crate::accept::serve_http1(stream, service, shutdown)
+    })
+    .await
 }

@@ -1,0 +1,129 @@
+//! The one accept loop of every listener (webhooks, metrics, admin socket): accepts until
+//! shutdown, caps the connections served at once, backs off on accept errors (a process
+//! out of file descriptors must not spin a core) and counts them, and serves each
+//! connection on its own task with a clone of the shutdown signal.
+
+use crate::shutdown::Shutdown;
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Pause after a failed accept before the next try.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A listening socket (TCP or Unix).
+pub(crate) trait Listener: Send + 'static {
+    /// An accepted connection.
+    type Io: Send + 'static;
+    /// The peer's address.
+    type Addr: Send + 'static;
+    /// Polls for the next connection.
+    fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(Self::Io, Self::Addr)>>;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+    fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(Self::Io, Self::Addr)>> {
+        tokio::net::TcpListener::poll_accept(self, cx)
+    }
+}
+
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    type Addr = tokio::net::unix::SocketAddr;
+    fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<(Self::Io, Self::Addr)>> {
+        tokio::net::UnixListener::poll_accept(self, cx)
+    }
+}
+
+/// How one listener accepts.
+pub(crate) struct Accept {
+    /// The `listener` label of its metrics (`webhook`, `metrics`, `admin`).
+    pub name: &'static str,
+    /// Connections served at once; further ones are closed at accept and counted.
+    pub max_connections: usize,
+}
+
+/// Accepts until shutdown begins, each connection served by `serve` on its own task.
+pub(crate) async fn serve<L, F, Fut>(
+    mut listener: L,
+    accept: Accept,
+    mut shutdown: Shutdown,
+    serve: F,
+) where
+    L: Listener,
+    F: Fn(L::Io, L::Addr, Shutdown) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(
+        accept.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let errors = metrics::counter!("sms_ingress_accept_errors_total", "listener" => accept.name);
+    loop {
+        let accepted = tokio::select! {
+            a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
+            _ = shutdown.signalled() => return,
+        };
+        let (io, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(listener = accept.name, error = %e, "accept failed");
+                errors.increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = shutdown.signalled() => return,
+                }
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::counter!("sms_ingress_connections_rejected_total", "reason" => "max_connections").increment(1);
+            drop(io);
+            continue;
+        };
+        let conn = serve(io, peer, shutdown.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one HTTP/1.1 connection (metrics, admin) until it ends; once shutdown begins,
+/// its in-flight request finishes and it closes.
+pub(crate) async fn serve_http1<I, S, B>(io: I, service: S, mut shutdown: Shutdown)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.signalled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
