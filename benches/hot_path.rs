@@ -7,16 +7,15 @@
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use sms_ingress::dispatch::{Dispatcher, SinkFactory};
-use sms_ingress::envelope::{Envelope, Kind};
+use sms_ingress::envelope::Envelope;
 use sms_ingress::form::Form;
 use sms_ingress::inventory::Snapshot;
 use sms_ingress::model::crypto::{MasterKey, Secret};
-use sms_ingress::model::state::{
-    Integration, IntegrationStatus, Number, NumberStatus, NumberType, State,
-};
+use sms_ingress::model::state::{Integration, Number, NumberStatus, NumberType, State};
 use sms_ingress::signature::{self, PublicUrl};
 use sms_ingress::sink::spool::SpoolWriter;
-use sms_ingress::sink::{QueueSink, SinkError};
+use sms_ingress::sink::QueueSink;
+use sms_ingress_testkit::{fixtures, NullSink};
 use std::time::Duration;
 
 const PUBLIC_URL: &str = "https://byosms.mypurecloud.com";
@@ -76,27 +75,12 @@ fn signature_verify(c: &mut Criterion) {
     g.finish();
 }
 
-/// A sink that stores nothing, so that snapshot benchmarks measure the map only.
-struct NullSink;
-
-impl QueueSink for NullSink {
-    fn write_batch(&mut self, _: &[&Envelope]) -> Result<(), SinkError> {
-        Ok(())
-    }
-}
-
 /// A state of one integration and `n` numbers over 4 queues, its key and a dispatcher.
 fn state(n: usize) -> (State, MasterKey, Dispatcher) {
-    let mk = MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap();
+    let mk = fixtures::master_key();
     let integration = Integration {
-        id: "int-1".into(),
-        org: "org-a".into(),
-        name: String::new(),
-        notes: String::new(),
-        account_sid: format!("AC{}", "b".repeat(32)),
         auth_token: mk.seal(&Secret::new("tok"), "int-1").unwrap(),
-        next_auth_token: None,
-        status: IntegrationStatus::Active,
+        ..fixtures::integration("int-1", "org-a")
     };
     let numbers = (0..n)
         .map(|i| Number {
@@ -177,24 +161,19 @@ fn snapshot(c: &mut Criterion) {
     g.finish();
 }
 
+/// An envelope of the bench's body, as the webhook builds it.
 fn envelope() -> Envelope {
     Envelope {
-        kind: Kind::Inbound,
-        received_at_ms: 1_795_716_000_123,
         org: "org-a".into(),
-        integration_id: "int-1".into(),
         queue: "q0".into(),
         number: "+14152000000".into(),
         from: "+16282000000".into(),
         to: "+14152000000".into(),
-        message_sid: "SM0123456789abcdef0123456789abcdef".into(),
-        message_status: None,
-        account_sid: "AC0123456789abcdef0123456789abcdef".into(),
-        compliance: None,
         idempotency_token: Some("0123456789abcdef0123456789abcdef-1".into()),
         signature: "0/KCTR6DLpKmkAf8muzZqo1nDgQ=".into(),
         signed_url: format!("{PUBLIC_URL}{PATH}"),
         body: Bytes::from(inbound_body()),
+        ..fixtures::envelope()
     }
 }
 

@@ -533,15 +533,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Kind;
     use std::sync::atomic::AtomicBool;
 
     const INT: &str = "int-00000000000000aa";
 
     fn env(i: usize) -> Envelope {
         Envelope {
-            kind: Kind::Inbound,
-            received_at_ms: 1_795_716_000_000,
             org: "org-a".into(),
             integration_id: INT.into(),
             queue: "old".into(),
@@ -549,13 +546,8 @@ mod tests {
             from: "+15559990000".into(),
             to: format!("+1555000{i:04}"),
             message_sid: format!("SM{i:032}"),
-            message_status: None,
-            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
-            compliance: None,
-            idempotency_token: None,
-            signature: "c2ln".into(),
-            signed_url: "https://sms.example.com/mo".into(),
             body: bytes::Bytes::from(format!("Body=m{i}")),
+            ..crate::fixtures::envelope()
         }
     }
 

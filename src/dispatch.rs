@@ -215,7 +215,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Kind;
+
     use std::sync::atomic::AtomicUsize;
 
     struct Counting {
@@ -242,24 +242,7 @@ mod tests {
     }
 
     fn env() -> Envelope {
-        Envelope {
-            kind: Kind::Inbound,
-            received_at_ms: 0,
-            org: "o".into(),
-            integration_id: "i".into(),
-            queue: "q".into(),
-            number: "+1".into(),
-            from: String::new(),
-            to: String::new(),
-            message_sid: "SM1".into(),
-            message_status: None,
-            account_sid: String::new(),
-            compliance: None,
-            idempotency_token: None,
-            signature: String::new(),
-            signed_url: String::new(),
-            body: bytes::Bytes::new(),
-        }
+        crate::fixtures::envelope()
     }
 
     fn dispatcher(capacity: usize) -> (Dispatcher, Arc<AtomicUsize>, Arc<AtomicBool>) {

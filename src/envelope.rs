@@ -312,26 +312,9 @@ mod tests {
 
     fn sample(status: Option<&str>, token: Option<&str>, c: Option<ComplianceAction>) -> Envelope {
         Envelope {
-            kind: if status.is_some() {
-                Kind::Status
-            } else {
-                Kind::Inbound
-            },
-            received_at_ms: 1_795_716_000_123,
-            org: "org-1".into(),
-            integration_id: "int-1".into(),
-            queue: "q1".into(),
-            number: "+15550001111".into(),
-            from: "+15552223333".into(),
-            to: "+15550001111".into(),
-            message_sid: "SM0123456789abcdef0123456789abcdef".into(),
-            message_status: status.map(Into::into),
-            account_sid: "AC0123456789abcdef0123456789abcdef".into(),
             compliance: c,
             idempotency_token: token.map(Into::into),
-            signature: "c2lnbmF0dXJl".into(),
-            signed_url: "https://sms.example.com/mo".into(),
-            body: Bytes::from_static(b"Body=Hello+%C3%A9&From=%2B15552223333"),
+            ..crate::fixtures::delivery("SM0123456789abcdef0123456789abcdef", status)
         }
     }
 

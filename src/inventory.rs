@@ -395,29 +395,16 @@ fn retire(old: Arc<Snapshot>) {
 mod tests {
     use super::*;
     use crate::dispatch::SinkFactory;
-    use crate::envelope::Envelope;
+    use crate::fixtures::NullSink;
     use crate::model::crypto::Secret;
     use crate::model::state::NumberType;
-    use crate::sink::QueueSink;
-
-    struct Null;
-    impl QueueSink for Null {
-        fn write_batch(&mut self, _: &[&Envelope]) -> Result<(), SinkError> {
-            Ok(())
-        }
-    }
 
     fn fixture(n: usize) -> (State, MasterKey, Dispatcher) {
-        let mk = MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap();
+        let mk = crate::fixtures::master_key();
         let integ = Integration {
-            id: "int-1".into(),
-            org: "org-a".into(),
-            name: String::new(),
-            notes: String::new(),
-            account_sid: format!("AC{}", "b".repeat(32)),
             auth_token: mk.seal(&Secret::new("tok"), "int-1").unwrap(),
             next_auth_token: Some(mk.seal(&Secret::new("tok2"), "int-1").unwrap()),
-            status: IntegrationStatus::Active,
+            ..crate::fixtures::integration("int-1", "org-a")
         };
         let numbers = (0..n)
             .map(|i| Number {
@@ -439,7 +426,7 @@ mod tests {
             integrations: vec![integ],
             numbers,
         };
-        let factory: SinkFactory = Box::new(|_| Ok(Box::new(Null)));
+        let factory: SinkFactory = Box::new(|_| Ok(Box::new(NullSink)));
         (state, mk, Dispatcher::new(factory, 8, 8))
     }
 

@@ -10,7 +10,6 @@ pub mod control;
 pub mod deadletter;
 pub mod dispatch;
 pub mod envelope;
-pub mod fake_twilio;
 pub mod form;
 pub(crate) mod fsutil;
 pub mod inventory;
@@ -25,3 +24,8 @@ pub mod signature;
 pub mod sink;
 pub mod telemetry;
 pub mod webhook;
+
+/// The test kit's fixtures, shared with the service's own unit tests.
+#[cfg(test)]
+#[path = "../testkit/src/fixtures.rs"]
+pub(crate) mod fixtures;

@@ -1,11 +1,11 @@
 //! The import checks end to end with vendor checks on: the real binary on loopback, its
-//! admin socket, and the project's fake Twilio (`sms_ingress::fake_twilio`) in this
+//! admin socket, and the test kit's fake Twilio (`sms_ingress_testkit::FakeTwilio`) in this
 //! process standing in for Twilio's REST API. Every code of SPEC section 4's table.
 
 mod support;
 
 use serde_json::{json, Value};
-use sms_ingress::fake_twilio::FakeTwilio;
+use sms_ingress_testkit::FakeTwilio;
 use std::time::{Duration, Instant};
 use support::*;
 

@@ -1,18 +1,14 @@
-//! `sms-loadtest fake-twilio`: the library's in-memory Twilio REST API
-//! (`sms_ingress::fake_twilio::FakeTwilio`) as a standalone server, seeded from flags, so
+//! `sms-loadtest fake-twilio`: the test kit's in-memory Twilio REST API
+//! (`sms_ingress_testkit::FakeTwilio`) as a standalone server, seeded from flags, so
 //! an admin can walk through docs/ADMIN.md with the vendor checks on and no real Twilio.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION};
-use hyper::Request;
-use sms_ingress::fake_twilio::FakeTwilio;
 use sms_ingress::model::regions::{self, Region};
-use sms_ingress::model::state::is_account_sid;
-use std::collections::{HashMap, HashSet};
+use sms_ingress::model::state::{is_account_sid, is_e164};
+use sms_ingress_testkit::FakeTwilio;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -121,11 +117,6 @@ fn account_sid(s: &str, flag: &str, value: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
-fn is_e164(s: &str) -> bool {
-    s.strip_prefix('+')
-        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
-}
-
 fn sms_url(url: Option<&str>, region: &Region, flag: &str, value: &str) -> Result<String> {
     match url {
         None => Ok(region.webhook_url()),
@@ -181,7 +172,7 @@ impl FakeTwilioArgs {
             let acct =
                 acct.with_context(|| format!("--number {v:?}: expected +E164:AC…[:SMS_URL]"))?;
             if !is_e164(id) {
-                bail!("--number {v:?}: {id:?} is not an E.164 number (+ and 2-15 digits)");
+                bail!("--number {v:?}: {id:?} is not an E.164 number (+ and 8-15 digits, the first not 0)");
             }
             numbers.push(SenderSpec {
                 id: id.to_string(),
@@ -307,6 +298,9 @@ pub fn build(seed: &Seed) -> (FakeTwilio, Vec<String>) {
     let fake = FakeTwilio::new();
     for a in &seed.accounts {
         fake.add_account(&a.sid, &a.token);
+        if let Some(secondary) = &a.secondary {
+            fake.add_secondary_token(&a.sid, secondary);
+        }
     }
     for n in &seed.numbers {
         fake.add_number(&n.account, &n.id, &n.sms_url);
@@ -402,97 +396,14 @@ fn url_label<'a>(seed: &Seed, url: &'a str) -> &'a str {
     }
 }
 
-/// Standard base64 (with padding), for the Basic credentials a secondary token maps to.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn basic(sid: &str, token: &str) -> String {
-    format!("Basic {}", base64(format!("{sid}:{token}").as_bytes()))
-}
-
-/// `Authorization` values of secondary tokens → the primary's, which the model knows.
-fn secondary_aliases(seed: &Seed) -> HashMap<String, HeaderValue> {
-    seed.accounts
-        .iter()
-        .filter_map(|a| {
-            let secondary = a.secondary.as_deref()?;
-            let primary = HeaderValue::from_str(&basic(&a.sid, &a.token)).ok()?;
-            Some((basic(&a.sid, secondary), primary))
-        })
-        .collect()
-}
-
-/// Serves the model on the listener, letting secondary tokens in as their primary.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    fake: FakeTwilio,
-    aliases: Arc<HashMap<String, HeaderValue>>,
-) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                eprintln!("fake Twilio: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (fake, aliases) = (fake.clone(), aliases.clone());
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                let (fake, aliases) = (fake.clone(), aliases.clone());
-                async move {
-                    let alias = req
-                        .headers()
-                        .get(AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| aliases.get(v))
-                        .cloned();
-                    if let Some(primary) = alias {
-                        req.headers_mut().insert(AUTHORIZATION, primary);
-                    }
-                    Ok::<_, std::convert::Infallible>(fake.handle(req).await)
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
-}
-
 /// Binds, prints what is served, and serves until Ctrl-C.
 pub async fn run(args: FakeTwilioArgs) -> Result<()> {
     let seed = args.seed()?;
     let (fake, sids) = build(&seed);
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let (addr, task) = fake
+        .start(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(serve(
-        listener,
-        fake.clone(),
-        Arc::new(secondary_aliases(&seed)),
-    ));
     print!("{}", describe(&seed, &sids, addr));
     println!("Ctrl-C stops it.");
     use std::io::Write;
@@ -711,9 +622,7 @@ mod tests {
         ])
         .unwrap();
         let (fake, sids) = build(&s);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(serve(listener, fake, Arc::new(secondary_aliases(&s))));
+        let (addr, task) = fake.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let text = describe(&s, &sids, addr);
         assert!(!text.contains("secret-"), "{text}");
         assert!(text.contains(&format!("twilio_messaging_base = \"http://{addr}/v1\"")));
@@ -741,18 +650,5 @@ mod tests {
             assert_eq!(got, want);
         }
         task.abort();
-    }
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        for (raw, enc) in [
-            ("", ""),
-            ("M", "TQ=="),
-            ("Ma", "TWE="),
-            ("Man", "TWFu"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(raw.as_bytes()), enc);
-        }
     }
 }

@@ -130,34 +130,12 @@ pub fn verify(spool_dir: &Path, acked_file: &Path) -> Result<Verdict> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use sms_ingress::envelope::{Envelope, Kind};
+    use sms_ingress::envelope::Envelope;
     use sms_ingress::sink::spool::SpoolWriter;
     use sms_ingress::sink::QueueSink;
 
     fn envelope(sid: &str, status: Option<&str>) -> Envelope {
-        Envelope {
-            kind: if status.is_some() {
-                Kind::Status
-            } else {
-                Kind::Inbound
-            },
-            received_at_ms: 1_700_000_000_000,
-            org: "org".into(),
-            integration_id: "int".into(),
-            queue: "q".into(),
-            number: "+14152000000".into(),
-            from: "+16282000000".into(),
-            to: "+14152000000".into(),
-            message_sid: sid.into(),
-            message_status: status.map(str::to_string),
-            account_sid: "AC".into(),
-            compliance: None,
-            idempotency_token: None,
-            signature: "sig".into(),
-            signed_url: "https://x/mo".into(),
-            body: Bytes::from_static(b"Body=hi"),
-        }
+        sms_ingress_testkit::fixtures::delivery(sid, status)
     }
 
     /// Writes a spool over two queues and an acked file, then verifies it.

@@ -5,35 +5,16 @@
 #[allow(dead_code)]
 mod nats;
 
-use bytes::Bytes;
 use sms_ingress::config::NatsConfig;
-use sms_ingress::envelope::{Envelope, Kind};
+use sms_ingress::envelope::Envelope;
 use sms_ingress::sink::nats::NatsConnection;
 use sms_ingress::sink::QueueSink;
 use std::process::Command;
 
 fn envelope(sid: &str, status: Option<&str>) -> Envelope {
     Envelope {
-        kind: if status.is_some() {
-            Kind::Status
-        } else {
-            Kind::Inbound
-        },
-        received_at_ms: 1_700_000_000_000,
-        org: "org".into(),
-        integration_id: "int".into(),
         queue: "q1".into(),
-        number: "+14152000000".into(),
-        from: "+16282000000".into(),
-        to: "+14152000000".into(),
-        message_sid: sid.into(),
-        message_status: status.map(str::to_string),
-        account_sid: "AC".into(),
-        compliance: None,
-        idempotency_token: None,
-        signature: "sig".into(),
-        signed_url: "https://x/mo".into(),
-        body: Bytes::from_static(b"Body=hi"),
+        ..sms_ingress_testkit::fixtures::delivery(sid, status)
     }
 }
 

@@ -315,22 +315,12 @@ fn derive_country(sender_id: &str, code: u16) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::crypto::Sealed;
     use crate::model::state::Integration;
 
     fn integration(id: &str, org: &str, status: IntegrationStatus) -> Integration {
         Integration {
-            id: id.into(),
-            org: org.into(),
-            name: id.into(),
-            notes: String::new(),
-            account_sid: format!("AC{}", "a".repeat(32)),
-            auth_token: Sealed {
-                nonce: "AAAAAAAAAAAAAAAA".into(),
-                ciphertext: "AAAA".into(),
-            },
-            next_auth_token: None,
             status,
+            ..crate::fixtures::integration(id, org)
         }
     }
 

@@ -253,22 +253,6 @@ pub struct Number {
     pub compliance: Option<Box<Compliance>>,
 }
 
-#[cfg(test)]
-impl Number {
-    /// An active local US number of integration `int-1` on queue `q`, for tests.
-    pub fn sample(sender_id: &str) -> Number {
-        Number {
-            sender_id: sender_id.into(),
-            kind: NumberType::Local,
-            country: "US".into(),
-            integration_id: "int-1".into(),
-            queue: "q".into(),
-            status: NumberStatus::Active,
-            compliance: None,
-        }
-    }
-}
-
 /// A number's text fields: copying a number (the whole list is copied when a change
 /// first writes to it) bumps reference counts instead of allocating four strings.
 pub type Text = Arc<str>;
@@ -555,34 +539,13 @@ impl State {
 mod tests {
     use super::*;
 
-    fn sealed() -> Sealed {
-        Sealed {
-            nonce: "AAAAAAAAAAAAAAAA".into(),
-            ciphertext: "AAAA".into(),
-        }
-    }
-
     fn sample() -> State {
         State {
             version: 1,
-            integrations: vec![Integration {
-                id: "int-1".into(),
-                org: "org-a".into(),
-                name: "n".into(),
-                notes: String::new(),
-                account_sid: format!("AC{}", "a".repeat(32)),
-                auth_token: sealed(),
-                next_auth_token: None,
-                status: IntegrationStatus::Active,
-            }],
+            integrations: vec![crate::fixtures::integration("int-1", "org-a")],
             numbers: vec![Number {
-                sender_id: "+15551230001".into(),
-                kind: NumberType::Local,
-                country: "US".into(),
-                integration_id: "int-1".into(),
                 queue: "support".into(),
-                status: NumberStatus::Active,
-                compliance: None,
+                ..crate::fixtures::number("+15551230001")
             }]
             .into(),
         }

@@ -429,22 +429,8 @@ mod tests {
     #[test]
     fn message_ids_keep_kinds_apart() {
         let mut env = Envelope {
-            kind: Kind::Inbound,
-            received_at_ms: 0,
-            org: "o".into(),
-            integration_id: "i".into(),
-            queue: "q".into(),
-            number: "+1".into(),
-            from: String::new(),
-            to: String::new(),
             message_sid: "SM1".into(),
-            message_status: None,
-            account_sid: String::new(),
-            compliance: None,
-            idempotency_token: None,
-            signature: String::new(),
-            signed_url: String::new(),
-            body: Bytes::new(),
+            ..crate::fixtures::envelope()
         };
         assert_eq!(message_id(&env), "inbound:SM1");
         env.kind = Kind::Status;

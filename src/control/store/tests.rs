@@ -3,23 +3,17 @@
 use super::*;
 use crate::inventory::BuildError;
 use crate::model::crypto::{Sealed, Secret};
-use crate::model::state::{Integration, IntegrationStatus};
+use crate::model::state::Integration;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn key() -> Arc<MasterKey> {
-    Arc::new(MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap())
+    Arc::new(crate::fixtures::master_key())
 }
 
 fn integration(id: &str, token: Sealed) -> Integration {
     Integration {
-        id: id.into(),
-        org: "org-a".into(),
-        name: "n".into(),
-        notes: String::new(),
-        account_sid: format!("AC{}", "b".repeat(32)),
         auth_token: token,
-        next_auth_token: None,
-        status: IntegrationStatus::Active,
+        ..crate::fixtures::integration(id, "org-a")
     }
 }
 
@@ -103,7 +97,7 @@ fn add_integration(store: &ControlStore, k: &MasterKey) -> u64 {
 }
 
 fn number(sender_id: &str) -> crate::model::state::Number {
-    crate::model::state::Number::sample(sender_id)
+    crate::fixtures::number(sender_id)
 }
 
 #[test]

@@ -4,7 +4,7 @@ use super::frame::{frame_payload_in_place, FRAME_HEADER_BYTES, MAX_RECORD_BYTES}
 use super::segments::{list_segments, segment_path};
 use super::*;
 use crate::envelope::Envelope;
-use crate::envelope::{ComplianceAction, Kind};
+
 use crate::sink::QueueSink;
 use bytes::Bytes;
 use std::fs::OpenOptions;
@@ -15,32 +15,7 @@ use std::path::{Path, PathBuf};
 const Q: &str = "q1";
 
 fn env(i: usize) -> Envelope {
-    Envelope {
-        kind: if i % 2 == 0 {
-            Kind::Inbound
-        } else {
-            Kind::Status
-        },
-        received_at_ms: 1_795_716_000_000 + i as i64,
-        org: "org-1".into(),
-        integration_id: "int-1".into(),
-        queue: Q.into(),
-        number: "+15550001111".into(),
-        from: "+15552223333".into(),
-        to: "+15550001111".into(),
-        message_sid: format!("SM{i:032}"),
-        message_status: (i % 2 == 1).then(|| "delivered".to_owned()),
-        account_sid: "AC0123456789abcdef0123456789abcdef".into(),
-        compliance: (i % 3 == 0).then_some(ComplianceAction::Help),
-        idempotency_token: (i % 4 == 0).then(|| format!("tok-{i}")),
-        signature: "c2ln".into(),
-        signed_url: "https://sms.example.com/mo".into(),
-        body: if i % 5 == 4 {
-            Bytes::from(vec![0xff, 0xfe, i as u8])
-        } else {
-            Bytes::from(format!("Body=message+{i}&To=%2B15550001111"))
-        },
-    }
+    crate::fixtures::envelope_n(i)
 }
 
 fn write(w: &mut SpoolWriter, range: std::ops::Range<usize>) {

@@ -242,22 +242,12 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::crypto::Sealed;
-    use crate::model::state::{IntegrationStatus, Number};
+    use crate::model::state::Number;
 
     fn integration(id: &str, name: &str) -> Integration {
         Integration {
-            id: id.into(),
-            org: "org-a".into(),
             name: name.into(),
-            notes: String::new(),
-            account_sid: format!("AC{}", "c".repeat(32)),
-            auth_token: Sealed {
-                nonce: "AAAAAAAAAAAAAAAA".into(),
-                ciphertext: "AAAA".into(),
-            },
-            next_auth_token: None,
-            status: IntegrationStatus::Active,
+            ..crate::fixtures::integration(id, "org-a")
         }
     }
 
@@ -360,7 +350,7 @@ mod tests {
     }
 
     fn num(i: u32) -> Number {
-        Number::sample(&format!("+1415555{i:04}"))
+        crate::fixtures::number(&format!("+1415555{i:04}"))
     }
 
     #[test]

@@ -336,22 +336,12 @@ pub fn plan(old: &State, new: &State) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::crypto::Sealed;
     use crate::model::state::NumberType;
 
     fn integration(id: &str, status: IntegrationStatus) -> Integration {
         Integration {
-            id: id.into(),
-            org: "org-a".into(),
-            name: "n".into(),
-            notes: String::new(),
-            account_sid: format!("AC{}", "a".repeat(32)),
-            auth_token: Sealed {
-                nonce: "n".into(),
-                ciphertext: "c".into(),
-            },
-            next_auth_token: None,
             status,
+            ..crate::fixtures::integration(id, "org-a")
         }
     }
 

@@ -1,6 +1,7 @@
 //! A fake of the slice of Twilio's REST API that the import checks call
 //! (`control::vendor`), served by hyper from an in-memory model. Tests and the load-test
-//! harness start it on loopback so that nothing ever calls the real Twilio.
+//! harness (`sms-loadtest fake-twilio`) start it on loopback so that nothing ever calls
+//! the real Twilio.
 //!
 //! Served (GET only, HTTP Basic with an account's SID and Auth Token):
 //! `/2010-04-01/Accounts/{sid}.json`, `…/IncomingPhoneNumbers.json[?PhoneNumber=]`,
@@ -15,6 +16,8 @@ use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
+use sms_ingress::percent;
+use sms_ingress::signature::constant_time_eq;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,7 +66,8 @@ impl SenderTable {
 /// The whole in-memory Twilio.
 #[derive(Debug, Default)]
 struct Model {
-    accounts: HashMap<String, String>,
+    /// Each account's Auth Tokens: the primary, then a secondary during a rotation.
+    accounts: HashMap<String, Vec<String>>,
     numbers: SenderTable,
     short_codes: SenderTable,
     services: HashMap<String, ServiceRec>,
@@ -154,7 +158,17 @@ impl FakeTwilio {
     pub fn add_account(&self, account_sid: &str, auth_token: &str) -> &Self {
         self.write()
             .accounts
-            .insert(account_sid.to_string(), auth_token.to_string());
+            .insert(account_sid.to_string(), vec![auth_token.to_string()]);
+        self
+    }
+
+    /// Lets the account's REST API accept a secondary Auth Token too, as Twilio does while
+    /// a tenant rotates its token in the console (no-op for an unknown account).
+    pub fn add_secondary_token(&self, account_sid: &str, auth_token: &str) -> &Self {
+        if let Some(tokens) = self.write().accounts.get_mut(account_sid) {
+            tokens.truncate(1);
+            tokens.push(auth_token.to_string());
+        }
         self
     }
 
@@ -272,7 +286,7 @@ impl FakeTwilio {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "fake twilio accept failed");
+                    eprintln!("fake twilio: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -351,9 +365,11 @@ fn authenticate(m: &Model, header: Option<&HeaderValue>) -> Option<String> {
         .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (user, pass) = text.split_once(':')?;
-    let expected = m.accounts.get(user)?;
-    crate::signature::constant_time_eq(expected.as_bytes(), pass.as_bytes())
-        .then(|| user.to_string())
+    let tokens = m.accounts.get(user)?;
+    let matched = tokens.iter().fold(false, |any, t| {
+        any | constant_time_eq(t.as_bytes(), pass.as_bytes())
+    });
+    matched.then(|| user.to_string())
 }
 
 fn twilio_error(status: StatusCode, code: u32, message: &str) -> (StatusCode, Value) {
@@ -407,7 +423,7 @@ impl Query {
 
 /// A query value decoded; a malformed escape leaves the value as sent.
 fn decode(s: &str) -> String {
-    crate::percent::decode(s, crate::percent::Plus::Literal).unwrap_or_else(|| s.to_string())
+    percent::decode(s, percent::Plus::Literal).unwrap_or_else(|| s.to_string())
 }
 
 /// One page of `items`: the slice and the page numbers around it.
@@ -726,6 +742,18 @@ mod tests {
         )
         .await;
         assert_eq!(s, 200);
+    }
+
+    #[tokio::test]
+    async fn a_secondary_token_authenticates_too() {
+        let f = FakeTwilio::new();
+        f.add_account(ACCT, "tok").add_secondary_token(ACCT, "tok2");
+        let path = format!("/2010-04-01/Accounts/{ACCT}.json");
+        assert_eq!(call(&f, get(&path, ACCT, "tok")).await.0, 200);
+        assert_eq!(call(&f, get(&path, ACCT, "tok2")).await.0, 200);
+        assert_eq!(call(&f, get(&path, ACCT, "tok3")).await.0, 401);
+        f.add_account(ACCT, "tok3");
+        assert_eq!(call(&f, get(&path, ACCT, "tok2")).await.0, 401, "re-keyed");
     }
 
     #[tokio::test]
