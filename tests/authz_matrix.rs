@@ -1,10 +1,8 @@
 //! Authorization matrix of the admin API: every endpoint × every permission × own org and
 //! another org, plus missing and wrong tokens, against the real binary.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const PERMS: [&str; 5] = [
     "integration:add",

@@ -1,12 +1,10 @@
 //! The control plane end to end on the real binary: external edits of the watched state
 //! file (accepted whole or rejected whole), Auth Token rotation, and the audit log.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::*;
 
 const TOKEN: &str = "twilio-primary-token-0001";
 const NEXT: &str = "twilio-next-token-0002";

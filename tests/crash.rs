@@ -1,14 +1,12 @@
 //! Crash test: a stream of webhooks, `kill -9` mid-stream, restart; every request that got
 //! a 200 must be in the spool, exactly once, and the torn tail (if any) never served.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
 
 const TOKEN: &str = "crash-token";
 const ACCOUNT: &str = "ACfedcba9876543210fedcba9876543210";

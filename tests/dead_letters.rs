@@ -2,10 +2,8 @@
 //! durable in its dead-letter spool, bounded, and replayed exactly once after re-activation,
 //! across `kill -9` and restarts.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const TOKEN: &str = "twilio-auth-token-1";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";

@@ -2,13 +2,11 @@
 //! nothing is acknowledged, `/readyz` is 503, and both recover by themselves when the disk
 //! does; no record is corrupt. Needs root (CI runs as root) to mount a small tmpfs.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::*;
 
 const TOKEN: &str = "disk-token";
 const ACCOUNT: &str = "AC22222222222222222222222222222222";

@@ -4,13 +4,11 @@
 //! served by the other; concurrent edits through both land; an instance started late
 //! serves the bucket before `/readyz` is 200; a restarted nats-server is recovered from.
 
-mod support;
-
+use crate::support::nats::Nats;
+use crate::support::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::nats::Nats;
-use support::*;
 
 const TOKEN: &str = "twilio-auth-token-1";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";

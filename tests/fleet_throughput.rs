@@ -9,16 +9,14 @@
 //!
 //! Knobs: `FLEET_BENCH_SECS` (default 5) per sink, `FLEET_BENCH_CONNECTIONS` (default 32).
 
-mod support;
-
+use crate::support::nats::Nats;
+use crate::support::*;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::nats::Nats;
-use support::*;
 
 const TOKEN: &str = "twilio-auth-token-1";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";

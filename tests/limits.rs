@@ -1,13 +1,11 @@
 //! Connection-level limits and graceful shutdown, provoked by raw TCP clients on loopback
 //! against the real binary. Every wait is bounded.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-use support::*;
 
 const TOKEN: &str = "limits-token";
 const ACCOUNT: &str = "AC11111111111111111111111111111111";

@@ -3,8 +3,8 @@
 //! restart on the same port and store. Envelopes are read back with an async-nats
 //! ordered consumer and decoded.
 
-mod support;
-
+use crate::support::nats::*;
+use crate::support::*;
 use serde_json::json;
 use sms_ingress::envelope::Envelope;
 use std::io::Read;
@@ -13,8 +13,6 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::nats::*;
-use support::*;
 
 const TOKEN: &str = "twilio-auth-token-1";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";

@@ -2,8 +2,7 @@
 //! prior knowledge on a plain listener, TLS with ALPN `h2` and `http/1.1`, no plaintext on a
 //! TLS listener, and `check-config` on the TLS settings.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
@@ -18,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

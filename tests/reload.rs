@@ -1,10 +1,8 @@
 //! SIGHUP: the config's reloadable parts (admin tokens, log level, state file) change live;
 //! a broken file changes nothing.
 
-mod support;
-
+use crate::support::*;
 use std::time::{Duration, Instant};
-use support::*;
 
 fn hup(s: &TestServer) {
     let ok = std::process::Command::new("kill")

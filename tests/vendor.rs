@@ -2,12 +2,10 @@
 //! admin socket, and the test kit's fake Twilio (`sms_ingress_testkit::FakeTwilio`) in this
 //! process standing in for Twilio's REST API. Every code of SPEC section 4's table.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
 use sms_ingress_testkit::FakeTwilio;
 use std::time::{Duration, Instant};
-use support::*;
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "twilio-auth-token-a";

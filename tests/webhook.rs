@@ -1,10 +1,8 @@
 //! End-to-end: the real binary on ephemeral loopback ports, driven over HTTP and the admin
 //! socket, checked through the spool (via `spool tail`) and `/metrics`.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const TOKEN: &str = "twilio-auth-token-1";
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";

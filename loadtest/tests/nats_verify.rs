@@ -1,10 +1,7 @@
 //! `sms-loadtest verify --nats-config` against a real JetStream stream: every acknowledged
 //! key found → exit 0; a planted loss → exit 1 with `lost=1`.
 
-#[path = "../../tests/support/nats.rs"]
-#[allow(dead_code)]
-mod nats;
-
+use crate::nats;
 use sms_ingress::config::NatsConfig;
 use sms_ingress::envelope::Envelope;
 use sms_ingress::sink::nats::NatsConnection;

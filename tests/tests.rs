@@ -1,0 +1,22 @@
+//! The integration tests, one binary (every extra test binary links the whole crate again
+//! on 2 cores): a module per area. Most start the real `sms-ingress` binary on ephemeral
+//! loopback ports with a temporary data directory (`support`).
+
+mod support;
+
+mod admin_api;
+mod authz_matrix;
+mod control_file;
+mod crash;
+mod dead_letters;
+mod disk_faults;
+mod fleet_kv;
+mod fleet_throughput;
+mod limits;
+mod nats_sink;
+mod properties;
+mod protocols;
+mod reload;
+mod vendor;
+mod vendor_client;
+mod webhook;
