@@ -51,9 +51,9 @@ impl Listener for tokio::net::UnixListener {
 /// How one listener accepts.
 pub(crate) struct Accept {
     /// The `listener` label of its metrics (`webhook`, `metrics`, `admin`).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Connections served at once; further ones are closed at accept and counted.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 /// Accepts until shutdown begins, each connection served by `serve` on its own task.

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Name of the replay cursor beside an integration's segments (the spool ignores other files).
-pub const CURSOR_FILE: &str = "replay-cursor.json";
+pub(crate) const CURSOR_FILE: &str = "replay-cursor.json";
 /// Dead letters read, routed and acknowledged together during a replay.
 const REPLAY_BATCH: usize = 256;
 /// How long a replay waits for room in a full queue before it stops.
@@ -73,7 +73,7 @@ pub enum DeadLetterError {
 
 impl DeadLetterError {
     /// The metric reason of a webhook answered 503 because of this error.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             DeadLetterError::Full(_) => "dead_letter_full",
             DeadLetterError::QueueFull(_) => "dead_letter_queue_full",
@@ -84,10 +84,10 @@ impl DeadLetterError {
 
 /// What one replay call did; `remaining` dead letters still wait.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ReplayReport {
-    pub replayed: u64,
-    pub skipped: u64,
-    pub remaining: u64,
+pub(crate) struct ReplayReport {
+    pub(crate) replayed: u64,
+    pub(crate) skipped: u64,
+    pub(crate) remaining: u64,
 }
 
 /// Replay progress: every record before `next` is handled, and so is each record starting at a
@@ -276,12 +276,12 @@ impl DeadLetters {
     }
 
     /// True when every dead-letter spool took its last batch (for `/readyz`).
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.dispatcher.healthy()
     }
 
     /// Makes a dropped webhook's envelope durable in its integration's spool, within the bound.
-    pub async fn store(self: &Arc<Self>, envelope: Envelope) -> Result<(), DeadLetterError> {
+    pub(crate) async fn store(self: &Arc<Self>, envelope: Envelope) -> Result<(), DeadLetterError> {
         let lane = self.lane(&envelope.integration_id).await?;
         lane.reserve(self.max_pending)?;
         let result = lane.write(envelope).await;
@@ -292,7 +292,7 @@ impl DeadLetters {
     }
 
     /// Replays an integration's dead letters, in order, into the queues their numbers route to now.
-    pub async fn replay(
+    pub(crate) async fn replay(
         self: &Arc<Self>,
         integration_id: &str,
     ) -> Result<ReplayReport, DeadLetterError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// One envelope and the request waiting for its durability.
-pub struct Job {
+pub(crate) struct Job {
     envelope: Envelope,
     done: oneshot::Sender<bool>,
 }
@@ -26,7 +26,7 @@ pub enum SubmitError {
 }
 
 /// The sending side of one queue, shared by every snapshot entry routed to it.
-pub struct QueueHandle {
+pub(crate) struct QueueHandle {
     name: Arc<str>,
     tx: Sender<Job>,
     healthy: Arc<AtomicBool>,
@@ -44,12 +44,15 @@ impl std::fmt::Debug for QueueHandle {
 
 impl QueueHandle {
     /// The queue's name, as routing knows it.
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
     /// Hands an envelope over without blocking; the receiver yields `true` once it is durable.
-    pub fn try_submit(&self, envelope: Envelope) -> Result<oneshot::Receiver<bool>, SubmitError> {
+    pub(crate) fn try_submit(
+        &self,
+        envelope: Envelope,
+    ) -> Result<oneshot::Receiver<bool>, SubmitError> {
         let (done, rx) = oneshot::channel();
         match self.tx.try_send(Job { envelope, done }) {
             Ok(()) => {
@@ -62,7 +65,7 @@ impl QueueHandle {
     }
 
     /// Whether the last batch of this queue reached its sink.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 }
@@ -71,7 +74,7 @@ impl QueueHandle {
 pub type SinkFactory = Box<dyn Fn(&str) -> Result<Box<dyn QueueSink>, SinkError> + Send + Sync>;
 
 /// Tells whether the sink can take a batch right now (a NATS connection), so `/readyz` sees an outage before a webhook fails.
-pub type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+pub(crate) type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
 pub struct Dispatcher {
@@ -98,13 +101,13 @@ impl Dispatcher {
     }
 
     /// Adds a sink-wide readiness check to `healthy`, for sinks whose outage is visible without a batch.
-    pub fn with_probe(mut self, probe: SinkProbe) -> Dispatcher {
+    pub(crate) fn with_probe(mut self, probe: SinkProbe) -> Dispatcher {
         self.probe = Some(probe);
         self
     }
 
     /// The queue's handle, starting its sink and worker on first use (control plane only).
-    pub fn queue(&self, name: &str) -> Result<Arc<QueueHandle>, SinkError> {
+    pub(crate) fn queue(&self, name: &str) -> Result<Arc<QueueHandle>, SinkError> {
         let mut queues = self.queues.lock().expect("dispatcher lock");
         if let Some(q) = queues.get(name) {
             return Ok(q.clone());
@@ -133,7 +136,7 @@ impl Dispatcher {
     }
 
     /// True when the sink probe (if any) passes and every queue's sink took its last batch (for `/readyz`).
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         if let Some(probe) = &self.probe {
             if !probe() {
                 return false;

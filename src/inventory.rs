@@ -14,18 +14,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 /// An integration as the data plane sees it: keys ready for HMAC, never the token text.
-pub struct IntegrationEntry {
-    pub id: Arc<str>,
-    pub org: Arc<str>,
-    pub account_sid: Box<str>,
-    pub active: bool,
+pub(crate) struct IntegrationEntry {
+    pub(crate) id: Arc<str>,
+    pub(crate) org: Arc<str>,
+    pub(crate) account_sid: Box<str>,
+    pub(crate) active: bool,
     /// The primary token's key, then the rotation candidate's if one is set.
-    pub keys: Vec<hmac::Key>,
+    pub(crate) keys: Vec<hmac::Key>,
 }
 
 /// Whether webhooks for a number are routed or dropped, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routing {
+pub(crate) enum Routing {
     Active,
     /// Dropped: the number (or its integration) is disabled.
     Disabled,
@@ -36,16 +36,16 @@ pub enum Routing {
 /// One number's entry as a request uses it; cheap to make (a few `Arc`s).
 #[derive(Clone)]
 pub struct NumberEntry {
-    pub integration: Arc<IntegrationEntry>,
-    pub queue: Arc<QueueHandle>,
-    pub routing: Routing,
-    pub compliance: Option<Arc<CompiledCompliance>>,
+    pub(crate) integration: Arc<IntegrationEntry>,
+    pub(crate) queue: Arc<QueueHandle>,
+    pub(crate) routing: Routing,
+    pub(crate) compliance: Option<Arc<CompiledCompliance>>,
 }
 
 /// One immutable version of the inventory.
 pub struct Snapshot {
-    pub version: u64,
-    pub built_at: SystemTime,
+    pub(crate) version: u64,
+    pub(crate) built_at: SystemTime,
     /// Rebuilt on every change (a handful of token openings).
     integrations: Vec<Arc<IntegrationEntry>>,
     /// Shared with the previous snapshot when no number changed.
@@ -104,7 +104,7 @@ pub enum BuildError {
 
 impl Snapshot {
     /// An empty inventory (before the first state is loaded).
-    pub fn empty() -> Snapshot {
+    pub(crate) fn empty() -> Snapshot {
         Snapshot {
             version: 0,
             built_at: SystemTime::now(),
@@ -192,13 +192,8 @@ impl Snapshot {
     }
 
     /// How many numbers are routed by this snapshot.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.numbers.source.len()
-    }
-
-    /// True when no number is in the inventory.
-    pub fn is_empty(&self) -> bool {
-        self.numbers.source.is_empty()
     }
 }
 
@@ -349,17 +344,17 @@ impl Default for Inventory {
 
 impl Inventory {
     /// The snapshot serving now; hold the guard only while reading.
-    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
     }
 
     /// The snapshot serving now, held for as long as needed (the control plane's view).
-    pub fn load_full(&self) -> Arc<Snapshot> {
+    pub(crate) fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
 
     /// Makes a built snapshot live for every following request.
-    pub fn publish(&self, snapshot: Snapshot) {
+    pub(crate) fn publish(&self, snapshot: Snapshot) {
         let (version, size) = (snapshot.version, snapshot.len());
         retire(self.current.swap(Arc::new(snapshot)));
         metrics::gauge!("sms_ingress_snapshot_version").set(version as f64);

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// Builds the TLS acceptor from PEM files: TLS 1.2 and 1.3 only, rustls defaults, h2 preferred.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("server.tls_cert {}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -51,7 +51,7 @@ struct Shared {
 }
 
 /// Accepts webhook connections until shutdown begins, one task per connection.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     webhook: Arc<Webhook>,

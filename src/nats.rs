@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Every subject this service publishes to lies under it; the sink's stream must cover it.
-pub const SUBJECT_ROOT: &str = "sms.>";
+pub(crate) const SUBJECT_ROOT: &str = "sms.>";
 
 /// Whether `pattern` matches every subject that `subject` (which may hold wildcards) matches.
-pub fn subject_covers(pattern: &str, subject: &str) -> bool {
+pub(crate) fn subject_covers(pattern: &str, subject: &str) -> bool {
     let (mut p, mut s) = (pattern.split('.'), subject.split('.'));
     loop {
         match (p.next(), s.next()) {
@@ -26,12 +26,12 @@ pub fn subject_covers(pattern: &str, subject: &str) -> bool {
 }
 
 /// Whether any of the stream's subjects covers `subject`.
-pub fn subjects_cover(patterns: &[String], subject: &str) -> bool {
+pub(crate) fn subjects_cover(patterns: &[String], subject: &str) -> bool {
     patterns.iter().any(|p| subject_covers(p, subject))
 }
 
 /// JetStream's rule for stream names (they become tokens of API subjects).
-pub fn valid_stream_name(name: &str) -> bool {
+pub(crate) fn valid_stream_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name
@@ -40,7 +40,7 @@ pub fn valid_stream_name(name: &str) -> bool {
 }
 
 /// JetStream's rule for bucket names, kept stricter: 1-64 of `[A-Za-z0-9_-]`.
-pub fn valid_bucket_name(name: &str) -> bool {
+pub(crate) fn valid_bucket_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -51,17 +51,17 @@ pub fn valid_bucket_name(name: &str) -> bool {
 /// What a connection needs, from one config section (`sink.nats` or `control.nats_kv`).
 pub(crate) struct Endpoint<'a> {
     /// The config section the keys below live in, named in every error.
-    pub section: &'static str,
-    pub servers: &'a [String],
-    pub credentials_file: Option<&'a Path>,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
+    pub(crate) section: &'static str,
+    pub(crate) servers: &'a [String],
+    pub(crate) credentials_file: Option<&'a Path>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// The client name the server shows.
-    pub client_name: &'static str,
+    pub(crate) client_name: &'static str,
     /// What connection events are logged as (`nats`, `control nats`).
-    pub log_prefix: &'static str,
+    pub(crate) log_prefix: &'static str,
     /// What the disconnected log line adds: what this connection's user sees meanwhile.
-    pub while_disconnected: &'static str,
+    pub(crate) while_disconnected: &'static str,
 }
 
 /// Why a connection could not be made; each names its config key.

@@ -8,17 +8,17 @@ use dashmap::DashMap;
 use std::time::{Duration, Instant};
 
 /// TwiML that tells Twilio "no reply".
-pub const EMPTY_TWIML: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+pub(crate) const EMPTY_TWIML: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 
 /// A short code's keywords, lower-cased once, with each reply's TwiML prebuilt.
 #[derive(Debug, Clone)]
-pub struct CompiledCompliance {
+pub(crate) struct CompiledCompliance {
     actions: Vec<(ComplianceAction, Vec<String>, Bytes)>,
 }
 
 impl CompiledCompliance {
     /// Prepares the keywords and replies of one number (at snapshot build, not per request).
-    pub fn compile(c: &Compliance) -> CompiledCompliance {
+    pub(crate) fn compile(c: &Compliance) -> CompiledCompliance {
         let parts = [
             (ComplianceAction::Help, &c.help),
             (ComplianceAction::OptOut, &c.opt_out),
@@ -40,7 +40,7 @@ impl CompiledCompliance {
     }
 
     /// The action and reply when the whole trimmed body is one keyword (case-insensitive).
-    pub fn matches(&self, body: &str) -> Option<(ComplianceAction, Bytes)> {
+    pub(crate) fn matches(&self, body: &str) -> Option<(ComplianceAction, Bytes)> {
         let body = body.trim();
         if body.is_empty() || body.len() > 64 {
             return None;
@@ -54,7 +54,7 @@ impl CompiledCompliance {
 }
 
 /// `<Response><Message>text</Message></Response>` with the text XML-escaped.
-pub fn reply_twiml(message: &str) -> Bytes {
+pub(crate) fn reply_twiml(message: &str) -> Bytes {
     let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Message>");
     for c in message.chars() {
         match c {
@@ -74,7 +74,7 @@ pub fn reply_twiml(message: &str) -> Bytes {
 const DEDUP_SHARDS: usize = 64;
 
 /// Deliveries made durable recently, so a Twilio retry is answered 200 without storing it again.
-pub struct Dedup {
+pub(crate) struct Dedup {
     seen: DashMap<Box<str>, Instant, foldhash::fast::RandomState>,
     window: Duration,
     max_entries: usize,
@@ -82,7 +82,7 @@ pub struct Dedup {
 
 impl Dedup {
     /// Remembers deliveries for `window`, at most `max_entries` of them.
-    pub fn new(window: Duration, max_entries: usize) -> Dedup {
+    pub(crate) fn new(window: Duration, max_entries: usize) -> Dedup {
         Dedup {
             // Many small shards: a shard's write lock blocks a runtime worker, and growing a
             // shard rehashes it under that lock, so smaller shards mean shorter stalls.
@@ -96,19 +96,19 @@ impl Dedup {
     }
 
     /// True if this key was accepted within the window.
-    pub fn is_duplicate(&self, key: &str) -> bool {
+    pub(crate) fn is_duplicate(&self, key: &str) -> bool {
         self.seen
             .get(key)
             .is_some_and(|at| at.elapsed() < self.window)
     }
 
     /// Records a key once its envelope is durable.
-    pub fn accepted(&self, key: &str) {
+    pub(crate) fn accepted(&self, key: &str) {
         self.seen.insert(key.into(), Instant::now());
     }
 
     /// Forgets expired keys, then the oldest ones while over the bound; run periodically.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let mut cutoff = self.window;
         self.seen.retain(|_, at| at.elapsed() < cutoff);
         while self.seen.len() > self.max_entries && cutoff > Duration::from_millis(1) {
@@ -119,12 +119,14 @@ impl Dedup {
     }
 
     /// How many keys are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.seen.len()
     }
 
     /// True when nothing is remembered.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
 }

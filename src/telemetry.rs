@@ -21,7 +21,7 @@ const BATCH_BUCKETS: &[f64] = &[
 ];
 
 /// Seconds since the Unix epoch, for age and timestamp gauges.
-pub fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -29,7 +29,7 @@ pub fn unix_now() -> f64 {
 }
 
 /// Installs the global recorder; call once, before any metric is recorded.
-pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(
@@ -106,7 +106,7 @@ fn describe() {
 
 /// Serves `GET /metrics` on its own listener until shutdown, keeping the recorder's
 /// histograms drained.
-pub async fn serve_metrics(
+pub(crate) async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
     loaded_at: Arc<dyn Fn() -> f64 + Send + Sync>,
@@ -157,7 +157,7 @@ fn scrape(
 }
 
 /// Changes the log filter of the running process (SIGHUP reload).
-pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub(crate) type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 /// Starts structured logging; `RUST_LOG` overrides `log.level`. Returns how to change the level later.
 pub fn init_logs(cfg: &LogConfig) -> LogReload {

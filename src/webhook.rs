@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 /// Path prefix of both webhook routes.
-pub const WEBHOOK_PREFIX: &str = "/vendors/v1/twilio/";
+pub(crate) const WEBHOOK_PREFIX: &str = "/vendors/v1/twilio/";
 
 /// What a request's path asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Webhook(Kind),
     Healthz,
     Readyz,
@@ -32,7 +32,7 @@ pub enum Route {
 
 impl Route {
     /// Maps a path to a route; a webhook path must carry this region's key.
-    pub fn of(path: &str, region_key: &str) -> Route {
+    pub(crate) fn of(path: &str, region_key: &str) -> Route {
         match path {
             "/healthz" => return Route::Healthz,
             "/readyz" => return Route::Readyz,
@@ -49,7 +49,7 @@ impl Route {
     }
 
     /// The `route` label of request metrics (bounded set).
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Route::Webhook(Kind::Inbound) => "mo",
             Route::Webhook(Kind::Status) => "status",
@@ -62,7 +62,7 @@ impl Route {
 
 /// Every answer the pipeline can give, each with one status and one metric reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Accepted(Bytes),
     Duplicate,
     Dropped(&'static str),
@@ -76,7 +76,7 @@ pub enum Outcome {
 }
 
 /// Everything the service needs, shared by all connections.
-pub struct Webhook {
+pub(crate) struct Webhook {
     region_key: &'static str,
     url_bases: Vec<String>,
     max_body_bytes: usize,
@@ -93,7 +93,7 @@ impl Webhook {
     /// Wires the pipeline; `url_bases` are `server.public_url`'s forms (see `signature::PublicUrl`).
     // One argument per shared part of the pipeline, wired once in `server.rs`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         region_key: &'static str,
         url_bases: Vec<String>,
         max_body_bytes: usize,
@@ -118,22 +118,22 @@ impl Webhook {
     }
 
     /// The `Retry-After` value of every 503.
-    pub fn retry_after(&self) -> HeaderValue {
+    pub(crate) fn retry_after(&self) -> HeaderValue {
         self.retry_after.clone()
     }
 
     /// Marks the first snapshot as loaded, so `/readyz` may answer 200.
-    pub fn set_loaded(&self) {
+    pub(crate) fn set_loaded(&self) {
         self.loaded.store(true, Ordering::Release);
     }
 
     /// Marks the snapshot as not current (the fleet's KV store is reloading), so `/readyz` is 503.
-    pub fn set_unloaded(&self) {
+    pub(crate) fn set_unloaded(&self) {
         self.loaded.store(false, Ordering::Release);
     }
 
     /// The hyper service function: one request in, one response out, metrics recorded.
-    pub async fn handle<B>(
+    pub(crate) async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, Infallible>
@@ -176,7 +176,7 @@ impl Webhook {
     }
 
     /// Runs the checks of SPEC section 2 in order and returns what to answer.
-    pub async fn webhook<B>(&self, kind: Kind, req: Request<B>) -> Outcome
+    pub(crate) async fn webhook<B>(&self, kind: Kind, req: Request<B>) -> Outcome
     where
         B: http_body::Body,
         B::Error: std::error::Error + Send + Sync + 'static,

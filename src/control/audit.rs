@@ -12,7 +12,7 @@ use std::time::SystemTime;
 /// Where a change came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     /// The admin API on the Unix socket.
     Admin,
     /// An external edit of the watched state file.
@@ -24,7 +24,7 @@ pub enum Source {
 /// Whether the change became live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Persisted and swapped in.
     Accepted,
     /// Refused; nothing changed anywhere.
@@ -33,25 +33,25 @@ pub enum Outcome {
 
 /// One audit line before it is stamped with the time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// Admin API or state file.
-    pub source: Source,
+    pub(crate) source: Source,
     /// The caller's org (admin changes only).
-    pub org: Option<&'a str>,
+    pub(crate) org: Option<&'a str>,
     /// The caller's token id, never the token (admin changes only).
-    pub token_id: Option<&'a str>,
+    pub(crate) token_id: Option<&'a str>,
     /// What was attempted, e.g. `integration.update` or `state.reload`.
-    pub action: &'a str,
+    pub(crate) action: &'a str,
     /// The integration id, sender id or file the change is about.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
     /// Accepted or rejected.
-    pub result: Outcome,
+    pub(crate) result: Outcome,
     /// The machine-readable code of a rejection.
-    pub code: Option<&'a str>,
+    pub(crate) code: Option<&'a str>,
     /// Why it was rejected; redacted of quoted values before it is written.
-    pub reason: Option<&'a str>,
+    pub(crate) reason: Option<&'a str>,
     /// The state version in force after the change (or still in force after a rejection).
-    pub state_version: u64,
+    pub(crate) state_version: u64,
 }
 
 /// The serialised shape of a line, fields in the documented order.
@@ -86,14 +86,14 @@ pub enum AuditError {
 
 /// The append-only audit file; `disabled()` writes nothing (unit tests, tools).
 #[derive(Debug)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     file: Option<Mutex<File>>,
     path: PathBuf,
 }
 
 impl AuditLog {
     /// Opens (creating, owner-only) the log for appending.
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+    pub(crate) fn open(path: &Path) -> Result<AuditLog, AuditError> {
         use std::os::unix::fs::OpenOptionsExt;
         let err = |source| AuditError::Open {
             path: path.display().to_string(),
@@ -115,7 +115,7 @@ impl AuditLog {
     }
 
     /// A log that records nothing.
-    pub fn disabled() -> AuditLog {
+    pub(crate) fn disabled() -> AuditLog {
         AuditLog {
             file: None,
             path: PathBuf::new(),
@@ -124,7 +124,7 @@ impl AuditLog {
 
     /// Appends one line in a single `write` and syncs it. A failure is logged and counted
     /// but does not undo the change, which is already live.
-    pub fn record(&self, entry: &Entry<'_>) {
+    pub(crate) fn record(&self, entry: &Entry<'_>) {
         let Some(file) = &self.file else { return };
         let line = format_line(entry, SystemTime::now());
         let mut f = file
@@ -138,7 +138,7 @@ impl AuditLog {
 }
 
 /// The JSON line (with its newline) for an entry at a given time.
-pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
+pub(crate) fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
     let line = Line {
         at: humantime::format_rfc3339_millis(at).to_string(),
         source: entry.source,
@@ -158,7 +158,7 @@ pub fn format_line(entry: &Entry<'_>, at: SystemTime) -> String {
 
 /// Blanks everything between double quotes or backticks: error messages quote the values
 /// they refused (serde's `invalid type: string "..."`), and a value may be a token.
-pub fn redact_quoted(message: &str) -> String {
+pub(crate) fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut open: Option<char> = None;
     for c in message.chars() {

@@ -11,52 +11,52 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 
 /// Queue used when an import names none.
-pub const DEFAULT_QUEUE: &str = "default";
+pub(crate) const DEFAULT_QUEUE: &str = "default";
 
 /// The body of `POST /api/v1/numbers`: one number to import.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImportRequest {
+pub(crate) struct ImportRequest {
     /// E.164 for phone types, 5–6 digits for short codes.
-    pub sender_id: String,
+    pub(crate) sender_id: String,
     /// The seed's sender type.
     #[serde(rename = "type")]
-    pub kind: NumberType,
+    pub(crate) kind: NumberType,
     /// ISO 3166 alpha-2; derived from the number for phone types when omitted.
     #[serde(default)]
-    pub country: Option<String>,
+    pub(crate) country: Option<String>,
     /// The org's integration (Twilio account) the number belongs to.
     #[serde(default)]
-    pub integration_id: Option<String>,
+    pub(crate) integration_id: Option<String>,
     /// Destination queue; `default` when omitted.
     #[serde(default)]
-    pub queue: Option<String>,
+    pub(crate) queue: Option<String>,
     /// Required interactions; only kept for short codes.
     #[serde(default)]
-    pub compliance: Option<ComplianceDraft>,
+    pub(crate) compliance: Option<ComplianceDraft>,
 }
 
 /// Compliance as submitted: parts may be missing so that the gap is reported as
 /// `compliance_incomplete`, not as a malformed body.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct ComplianceDraft {
+pub(crate) struct ComplianceDraft {
     /// The Help tab.
-    pub help: KeywordDraft,
+    pub(crate) help: KeywordDraft,
     /// The Opt-out tab.
-    pub opt_out: KeywordDraft,
+    pub(crate) opt_out: KeywordDraft,
     /// The Re-opt-in tab.
-    pub re_opt_in: KeywordDraft,
+    pub(crate) re_opt_in: KeywordDraft,
 }
 
 /// One compliance tab as submitted; blank keywords are dropped.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct KeywordDraft {
+pub(crate) struct KeywordDraft {
     /// Keywords that trigger the action.
-    pub keywords: Vec<String>,
+    pub(crate) keywords: Vec<String>,
     /// Reply sent for the action.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl KeywordDraft {
@@ -75,7 +75,7 @@ impl KeywordDraft {
 
 impl ComplianceDraft {
     /// The stored form, trimmed; completeness is judged by `Compliance::is_complete`.
-    pub fn finish(&self) -> Compliance {
+    pub(crate) fn finish(&self) -> Compliance {
         Compliance {
             help: self.help.finish(),
             opt_out: self.opt_out.finish(),
@@ -112,7 +112,7 @@ pub enum ImportError {
 
 impl ImportError {
     /// The stable machine-readable code of the API's error body.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ImportError::InvalidRequest(_) => "invalid_request",
             ImportError::IntegrationMissing => "integration_missing",
@@ -125,7 +125,7 @@ impl ImportError {
     }
 
     /// The HTTP status the admin API answers with.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ImportError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ImportError::ProvisioningInProgress | ImportError::NumberUnavailable => {
@@ -139,7 +139,7 @@ impl ImportError {
 /// Runs every local import check in the seed's order and returns the number to insert.
 ///
 /// `in_flight` holds sender IDs whose import is under way elsewhere (not this one's).
-pub fn check_import(
+pub(crate) fn check_import(
     state: &State,
     org: &str,
     req: &ImportRequest,
@@ -158,7 +158,7 @@ pub fn check_import(
 
 /// Checks many imports as one: each against the state and the numbers before it in the
 /// list, with an index instead of a scan per number. The error carries the failing position.
-pub fn check_bulk(
+pub(crate) fn check_bulk(
     state: &State,
     org: &str,
     reqs: &[ImportRequest],

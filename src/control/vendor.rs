@@ -271,7 +271,7 @@ impl TwilioClient {
     }
 
     /// The client the configuration asks for: `None` when `control.vendor_checks` is off.
-    pub fn from_config(cfg: &ControlConfig) -> Result<Option<TwilioClient>, VendorError> {
+    pub(crate) fn from_config(cfg: &ControlConfig) -> Result<Option<TwilioClient>, VendorError> {
         if !cfg.vendor_checks {
             return Ok(None);
         }

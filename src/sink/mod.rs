@@ -7,7 +7,7 @@ pub mod spool;
 use crate::envelope::Envelope;
 
 /// A sink's own error, kept whole as the source.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a batch is not durable; every envelope of that batch is answered 503.
 #[derive(Debug, thiserror::Error)]

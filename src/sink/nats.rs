@@ -24,13 +24,13 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 
 /// Header naming the envelope's org, for consumers that route without decoding.
-pub const HEADER_ORG: &str = "Sms-Org";
+pub(crate) const HEADER_ORG: &str = "Sms-Org";
 /// Header naming the envelope's queue.
-pub const HEADER_QUEUE: &str = "Sms-Queue";
+pub(crate) const HEADER_QUEUE: &str = "Sms-Queue";
 /// Header naming the envelope's kind (`inbound` or `status`).
-pub const HEADER_KIND: &str = "Sms-Kind";
+pub(crate) const HEADER_KIND: &str = "Sms-Kind";
 /// Header naming the integration the webhook was verified with.
-pub const HEADER_INTEGRATION: &str = "Sms-Integration";
+pub(crate) const HEADER_INTEGRATION: &str = "Sms-Integration";
 
 /// Why the NATS sink could not start, store or read; each variant says what to look at.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +75,12 @@ impl From<NatsError> for SinkError {
 }
 
 /// The subject of a queue's envelopes of one kind.
-pub fn subject(kind: Kind, queue: &str) -> String {
+pub(crate) fn subject(kind: Kind, queue: &str) -> String {
     format!("sms.{}.{queue}", kind.as_str())
 }
 
 /// `Nats-Msg-Id` of an envelope: the kind keeps inbound and status keys apart.
-pub fn message_id(env: &Envelope) -> String {
+pub(crate) fn message_id(env: &Envelope) -> String {
     format!("{}:{}", env.kind.as_str(), env.dedup_key())
 }
 
@@ -100,7 +100,7 @@ pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
 }
 
 /// Why an existing stream cannot hold acknowledged envelopes as configured, if it cannot.
-pub fn incompatibility(existing: &stream::Config, cfg: &NatsConfig) -> Option<String> {
+pub(crate) fn incompatibility(existing: &stream::Config, cfg: &NatsConfig) -> Option<String> {
     let want_window = Duration::from_secs(cfg.duplicate_window_secs);
     if !subjects_cover(&existing.subjects, SUBJECT_ROOT) {
         return Some(format!(
@@ -214,7 +214,7 @@ impl NatsConnection {
     }
 
     /// Whether the client is connected right now (the `/readyz` probe).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
     }
 

@@ -19,13 +19,13 @@ pub enum AdminError {
 
 /// Who is calling: the token's audit name, org and permissions.
 #[derive(Debug, Clone)]
-pub struct Principal {
+pub(crate) struct Principal {
     /// Audit name of the token (never the token).
-    pub token_id: String,
+    pub(crate) token_id: String,
     /// The only org this token sees.
-    pub org: String,
+    pub(crate) org: String,
     /// What this token may do.
-    pub permissions: HashSet<Permission>,
+    pub(crate) permissions: HashSet<Permission>,
 }
 
 /// One configured token, hash decoded.

@@ -21,7 +21,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// Any error the contract names.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -37,15 +37,15 @@ impl ApiError {
         self.code
     }
     /// The human message of the body.
-    pub fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         &self.message
     }
     /// A malformed request (bad JSON, bad field value).
-    pub fn invalid_request(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
     /// Missing or unknown; also what another org's objects look like.
-    pub fn not_found(what: &str) -> Self {
+    pub(crate) fn not_found(what: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -53,7 +53,7 @@ impl ApiError {
         )
     }
     /// Something on our side failed; the details are in the log, not the response.
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
     /// No valid bearer token.

@@ -9,7 +9,7 @@ mod error;
 mod route;
 mod views;
 
-pub use auth::{AdminError, Principal};
+pub(crate) use auth::{AdminError, Principal};
 pub use error::ApiError;
 
 use crate::config::AdminToken;
@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 /// Largest request body the admin API reads (a bulk import may be larger).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The admin API: configured tokens, the store, and the region whose webhook URL it shows.
 pub struct AdminApi {
@@ -84,13 +84,13 @@ impl AdminApi {
     }
 
     /// Turns the Twilio REST checks on (`Some`) or off (`None`, `control.vendor_checks = false`).
-    pub fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
+    pub(crate) fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
         self.vendor = vendor;
         self
     }
 
     /// Replaces the admin tokens (SIGHUP reload); on a bad hash the old tokens stay.
-    pub fn set_tokens(&self, tokens: &[AdminToken]) -> Result<(), AdminError> {
+    pub(crate) fn set_tokens(&self, tokens: &[AdminToken]) -> Result<(), AdminError> {
         self.tokens.store(Arc::new(auth::token_entries(tokens)?));
         Ok(())
     }
@@ -101,7 +101,10 @@ impl AdminApi {
     }
 
     /// Finds the caller by the SHA-256 of the bearer token, comparing in constant time.
-    pub fn authenticate(&self, authorization: Option<&http::HeaderValue>) -> Option<Principal> {
+    pub(crate) fn authenticate(
+        &self,
+        authorization: Option<&http::HeaderValue>,
+    ) -> Option<Principal> {
         auth::authenticate(&self.tokens.load(), authorization)
     }
 

@@ -24,7 +24,7 @@ pub(super) enum Route {
 
 impl Route {
     /// The permission the route needs; `None` means any valid token.
-    pub fn permission(&self) -> Option<Permission> {
+    pub(crate) fn permission(&self) -> Option<Permission> {
         Some(match self {
             Route::CreateIntegration => Permission::IntegrationAdd,
             Route::ListIntegrations | Route::GetIntegration(_) => Permission::IntegrationView,
@@ -39,7 +39,7 @@ impl Route {
     }
 
     /// The largest body the route reads; `None`: it reads none.
-    pub fn body_limit(&self) -> Option<usize> {
+    pub(crate) fn body_limit(&self) -> Option<usize> {
         match self {
             Route::BulkImport => Some(crate::control::ops::number_bulk::MAX_BULK_BODY_BYTES),
             Route::CreateIntegration

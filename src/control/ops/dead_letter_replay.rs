@@ -10,12 +10,12 @@ use serde::Deserialize;
 /// The request body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
-    pub integration_id: String,
+pub(crate) struct ReplayRequest {
+    pub(crate) integration_id: String,
 }
 
 /// Replays the org's integration's dead letters; it must be active again first.
-pub async fn run(
+pub(crate) async fn run(
     store: &ControlStore,
     dead_letters: &std::sync::Arc<DeadLetters>,
     org: &str,

@@ -10,18 +10,21 @@ use serde::Deserialize;
 /// The request body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateIntegration {
-    pub name: String,
+pub(crate) struct CreateIntegration {
+    pub(crate) name: String,
     #[serde(default)]
-    pub notes: String,
-    pub account_sid: String,
-    pub auth_token: String,
+    pub(crate) notes: String,
+    pub(crate) account_sid: String,
+    pub(crate) auth_token: String,
     #[serde(default)]
-    pub status: Option<IntegrationStatus>,
+    pub(crate) status: Option<IntegrationStatus>,
 }
 
 /// Checks the request, has Twilio accept the credentials, then adds the integration.
-pub fn run(ctx: &Ctx<'_>, req: CreateIntegration) -> Result<Applied<IntegrationInfo>, OpError> {
+pub(crate) fn run(
+    ctx: &Ctx<'_>,
+    req: CreateIntegration,
+) -> Result<Applied<IntegrationInfo>, OpError> {
     let valid_for_twilio = !req.name.trim().is_empty()
         && is_account_sid(&req.account_sid)
         && !req.auth_token.trim().is_empty();

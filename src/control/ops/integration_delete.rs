@@ -5,7 +5,7 @@ use super::{find_own, Ctx, OpError};
 use crate::control::store::Applied;
 
 /// Removes the org's integration `id` and its numbers.
-pub fn run(ctx: &Ctx<'_>, id: &str) -> Result<Applied<()>, OpError> {
+pub(crate) fn run(ctx: &Ctx<'_>, id: &str) -> Result<Applied<()>, OpError> {
     ctx.store.apply(|s| {
         find_own(s, ctx.org, id)?;
         s.integrations.retain(|i| i.id != id);

@@ -12,28 +12,28 @@ use serde::Deserialize;
 /// The request body: an absent field is left alone, `null` clears it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PatchIntegration {
+pub(crate) struct PatchIntegration {
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    pub notes: Option<Option<String>>,
+    pub(crate) notes: Option<Option<String>>,
     #[serde(default)]
-    pub auth_token: Option<String>,
+    pub(crate) auth_token: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    pub next_auth_token: Option<Option<String>>,
+    pub(crate) next_auth_token: Option<Option<String>>,
     #[serde(default)]
-    pub status: Option<IntegrationStatus>,
+    pub(crate) status: Option<IntegrationStatus>,
     /// Makes the rotation candidate the primary token and clears it.
     #[serde(default)]
-    pub promote_next_auth_token: bool,
+    pub(crate) promote_next_auth_token: bool,
 }
 
 /// The audit action of a patch that did not parse.
-pub const ACTION: &str = "integration.update";
+pub(crate) const ACTION: &str = "integration.update";
 
 impl PatchIntegration {
     /// The audit action, named for what the patch does (token values are never read here).
-    pub fn action(&self) -> &'static str {
+    pub(crate) fn action(&self) -> &'static str {
         match self.status {
             Some(IntegrationStatus::Inactive) => return "integration.deactivate",
             Some(IntegrationStatus::Active) => return "integration.activate",
@@ -61,7 +61,7 @@ where
 }
 
 /// Has Twilio accept every token the patch sets, then applies the patch.
-pub fn run(
+pub(crate) fn run(
     ctx: &Ctx<'_>,
     id: &str,
     req: PatchIntegration,

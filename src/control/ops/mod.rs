@@ -3,15 +3,15 @@
 //! answers with a typed value or an `OpError`. No HTTP here: `control::admin` routes,
 //! authenticates, maps `OpError` to a status and writes the audit line.
 
-pub mod dead_letter_replay;
-pub mod integration_create;
-pub mod integration_delete;
-pub mod integration_patch;
-pub mod number_bulk;
-pub mod number_delete;
-pub mod number_import;
-pub mod reads;
-pub mod rotation;
+pub(crate) mod dead_letter_replay;
+pub(crate) mod integration_create;
+pub(crate) mod integration_delete;
+pub(crate) mod integration_patch;
+pub(crate) mod number_bulk;
+pub(crate) mod number_delete;
+pub(crate) mod number_import;
+pub(crate) mod reads;
+pub(crate) mod rotation;
 
 use crate::control::import::ImportError;
 use crate::control::store::{ChangeError, ControlStore};
@@ -65,15 +65,15 @@ pub enum OpError {
 }
 
 /// What an operation runs with: the store, the caller's org, the region, Twilio.
-pub struct Ctx<'a> {
-    pub store: &'a ControlStore,
+pub(crate) struct Ctx<'a> {
+    pub(crate) store: &'a ControlStore,
     /// The only org the caller sees.
-    pub org: &'a str,
-    pub region: &'static Region,
+    pub(crate) org: &'a str,
+    pub(crate) region: &'static Region,
     /// The Twilio REST client, when vendor checks are on.
-    pub vendor: Option<&'a TwilioClient>,
+    pub(crate) vendor: Option<&'a TwilioClient>,
     /// Where the vendor checks' futures run while this (blocking-pool) thread waits.
-    pub runtime: &'a tokio::runtime::Handle,
+    pub(crate) runtime: &'a tokio::runtime::Handle,
 }
 
 impl Ctx<'_> {
@@ -104,9 +104,9 @@ impl Ctx<'_> {
 
 /// An integration as the API shows it: the record and how many numbers it has.
 #[derive(Debug, Clone)]
-pub struct IntegrationInfo {
-    pub integration: Integration,
-    pub number_count: usize,
+pub(crate) struct IntegrationInfo {
+    pub(crate) integration: Integration,
+    pub(crate) number_count: usize,
 }
 
 impl IntegrationInfo {

@@ -11,29 +11,29 @@ use serde::Deserialize;
 use std::collections::HashSet;
 
 /// Most numbers in one request.
-pub const MAX_BULK_NUMBERS: usize = 100_000;
+pub(crate) const MAX_BULK_NUMBERS: usize = 100_000;
 /// Body limit of a bulk import (about 300 bytes a number).
-pub const MAX_BULK_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_BULK_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Twilio REST checks in flight at once during a bulk import.
 const BULK_VENDOR_CONCURRENCY: usize = 32;
 
 /// The request body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BulkImport {
-    pub numbers: Vec<ImportRequest>,
+pub(crate) struct BulkImport {
+    pub(crate) numbers: Vec<ImportRequest>,
 }
 
 impl BulkImport {
     /// The audit target: how many numbers the request carries.
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         format!("{} numbers", self.numbers.len())
     }
 }
 
 /// Checks every import (locally, then with Twilio), then adds them all in one change;
 /// answers how many were imported.
-pub fn run(ctx: &Ctx<'_>, req: BulkImport) -> Result<Applied<usize>, OpError> {
+pub(crate) fn run(ctx: &Ctx<'_>, req: BulkImport) -> Result<Applied<usize>, OpError> {
     let reqs = &req.numbers;
     if reqs.is_empty() || reqs.len() > MAX_BULK_NUMBERS {
         return Err(OpError::Invalid(format!(

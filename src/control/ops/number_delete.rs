@@ -4,7 +4,7 @@ use super::{Ctx, OpError};
 use crate::control::store::Applied;
 
 /// Removes the org's number `sender_id`; another org's is not found.
-pub fn run(ctx: &Ctx<'_>, sender_id: &str) -> Result<Applied<()>, OpError> {
+pub(crate) fn run(ctx: &Ctx<'_>, sender_id: &str) -> Result<Applied<()>, OpError> {
     ctx.store.apply(|s| {
         let owned = s.numbers.iter().any(|n| {
             *n.sender_id == *sender_id

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 /// The audit target of an import: its sender ID when it looks like one (a public
 /// identifier), else `-`.
-pub fn target(req: &ImportRequest) -> String {
+pub(crate) fn target(req: &ImportRequest) -> String {
     let id = &req.sender_id;
     let plain = id.len() <= 32 && id.chars().all(|c| c == '+' || c.is_ascii_digit());
     if plain {
@@ -23,7 +23,7 @@ pub fn target(req: &ImportRequest) -> String {
 }
 
 /// Imports one number.
-pub fn run(ctx: &Ctx<'_>, req: ImportRequest) -> Result<Applied<Number>, OpError> {
+pub(crate) fn run(ctx: &Ctx<'_>, req: ImportRequest) -> Result<Applied<Number>, OpError> {
     // Cheap checks first, against the current state and the imports under way.
     let state = ctx.store.snapshot();
     check_import(&state, ctx.org, &req, &ctx.store.in_flight())?;

@@ -5,7 +5,7 @@ use crate::model::state::Number;
 use std::collections::HashSet;
 
 /// The org's integrations, in state order.
-pub fn list_integrations(ctx: &Ctx<'_>) -> Vec<IntegrationInfo> {
+pub(crate) fn list_integrations(ctx: &Ctx<'_>) -> Vec<IntegrationInfo> {
     let state = ctx.store.snapshot();
     state
         .integrations
@@ -16,14 +16,14 @@ pub fn list_integrations(ctx: &Ctx<'_>) -> Vec<IntegrationInfo> {
 }
 
 /// The org's integration `id`.
-pub fn get_integration(ctx: &Ctx<'_>, id: &str) -> Result<IntegrationInfo, OpError> {
+pub(crate) fn get_integration(ctx: &Ctx<'_>, id: &str) -> Result<IntegrationInfo, OpError> {
     let mut state = ctx.store.snapshot();
     find_own(&mut state, ctx.org, id)?;
     Ok(IntegrationInfo::of(&state, id).expect("found above"))
 }
 
 /// The org's numbers, of one integration when `integration_id` is given.
-pub fn list_numbers(ctx: &Ctx<'_>, integration_id: Option<&str>) -> Vec<Number> {
+pub(crate) fn list_numbers(ctx: &Ctx<'_>, integration_id: Option<&str>) -> Vec<Number> {
     let state = ctx.store.snapshot();
     let own: HashSet<&str> = state
         .integrations

@@ -8,7 +8,7 @@ use crate::model::state::Integration;
 
 /// Ends a rotation: the next token becomes the primary, re-sealed under the integration
 /// id with a fresh nonce, and the next slot is cleared.
-pub fn promote_next_auth_token(i: &mut Integration, key: &MasterKey) -> Result<(), OpError> {
+pub(crate) fn promote_next_auth_token(i: &mut Integration, key: &MasterKey) -> Result<(), OpError> {
     let next = i
         .next_auth_token
         .take()
@@ -20,5 +20,5 @@ pub fn promote_next_auth_token(i: &mut Integration, key: &MasterKey) -> Result<(
 }
 
 /// A promotion asked for together with new token values is refused whole.
-pub const PROMOTE_WITH_TOKENS: &str =
+pub(crate) const PROMOTE_WITH_TOKENS: &str =
     "promote_next_auth_token cannot be combined with auth_token or next_auth_token";

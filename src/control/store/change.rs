@@ -22,8 +22,8 @@ pub type Readiness = Arc<dyn Fn(bool) + Send + Sync>;
 /// An accepted change: what the change returned, and the state version it made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied<T> {
-    pub value: T,
-    pub version: u64,
+    pub(crate) value: T,
+    pub(crate) version: u64,
 }
 
 /// Why the store refused a change; nothing changed anywhere. Each variant is one answer
@@ -69,14 +69,14 @@ pub enum StoreError {
 
 /// What both storages use besides their own state: the key, the publisher, the audit log.
 pub(crate) struct Shared {
-    pub key: Arc<MasterKey>,
-    pub publisher: Publisher,
-    pub audit: AuditLog,
+    pub(crate) key: Arc<MasterKey>,
+    pub(crate) publisher: Publisher,
+    pub(crate) audit: AuditLog,
 }
 
 impl Shared {
     /// The data plane's preparation of `state`, as a change's error.
-    pub fn prepare(&self, state: &State) -> Result<Commit, ChangeError> {
+    pub(crate) fn prepare(&self, state: &State) -> Result<Commit, ChangeError> {
         (self.publisher)(state).map_err(ChangeError::Refused)
     }
 }

@@ -6,11 +6,11 @@
 //! threads apply them. The store knows nothing of HTTP: it answers with `ChangeError`.
 
 mod change;
-pub mod file;
-pub mod kv;
+pub(crate) mod file;
+pub(crate) mod kv;
 
 pub use change::{Applied, ChangeError, Commit, Publisher, Readiness, StoreError};
-pub use file::{ReloadError, JOURNAL_MAX_NUMBERS, JOURNAL_MIN_NUMBERS};
+pub(crate) use file::ReloadError;
 
 use crate::control::audit::AuditLog;
 use crate::model::crypto::MasterKey;
@@ -21,12 +21,12 @@ use kv::backend::KvBackend;
 use kv::records::Change;
 use kv::KvStore;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// How long changes must pause before the journal is folded into the state file.
-pub const FOLD_AFTER_IDLE: Duration = Duration::from_secs(10);
+pub(crate) const FOLD_AFTER_IDLE: Duration = Duration::from_secs(10);
 
 /// Where the records live.
 enum Storage {
@@ -58,14 +58,15 @@ impl std::fmt::Debug for ControlStore {
 /// Holds a sender ID in the in-flight set until dropped, so slow vendor checks can run
 /// without the state lock while a concurrent import of the same number is refused.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     sender_id: String,
     set: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Reservation {
     /// The reserved sender ID.
-    pub fn sender_id(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn sender_id(&self) -> &str {
         &self.sender_id
     }
 }
@@ -88,7 +89,7 @@ pub enum FollowError {
 }
 
 /// A running watch of the state file; dropping it stops the watch.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     _watcher: file::watch::StateWatcher,
 }
 
@@ -122,7 +123,7 @@ impl ControlStore {
 
     /// Serves the records of a KV bucket (`changes`: the whole bucket as `KvBackend::load`
     /// read it) and writes changes back to it; refused records are reported and left out.
-    pub fn open_kv(
+    pub(crate) fn open_kv(
         backend: Arc<KvBackend>,
         changes: &[Change],
         key: Arc<MasterKey>,
@@ -140,7 +141,7 @@ impl ControlStore {
     }
 
     /// Tells `readiness` when the KV store starts and ends reloading its bucket.
-    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+    pub(crate) fn with_readiness(mut self, readiness: Readiness) -> Self {
         if let Storage::Kv(kv) = &mut self.storage {
             kv.set_readiness(readiness);
         }
@@ -148,7 +149,8 @@ impl ControlStore {
     }
 
     /// Journals changes from this inventory size on (file storage; tests use small sizes).
-    pub fn with_journal_from(mut self, numbers: usize) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_journal_from(mut self, numbers: usize) -> Self {
         if let Storage::File(file) = &mut self.storage {
             file.set_journal_from(numbers);
         }
@@ -156,18 +158,18 @@ impl ControlStore {
     }
 
     /// Records every change (admin, file and KV) in this audit log from now on.
-    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+    pub(crate) fn with_audit(mut self, audit: AuditLog) -> Self {
         self.shared.audit = audit;
         self
     }
 
     /// The audit log every change is recorded in.
-    pub fn audit(&self) -> &AuditLog {
+    pub(crate) fn audit(&self) -> &AuditLog {
         &self.shared.audit
     }
 
     /// The key that seals Auth Tokens.
-    pub fn master_key(&self) -> &Arc<MasterKey> {
+    pub(crate) fn master_key(&self) -> &Arc<MasterKey> {
         &self.shared.key
     }
 
@@ -180,14 +182,14 @@ impl ControlStore {
     }
 
     /// The version of the serving state.
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.snapshot().version
     }
 
     /// Runs `change` on a copy of the state and, if it succeeds and the result is valid,
     /// publishes, saves and swaps it in; on any error nothing changes anywhere. With KV
     /// storage `change` may run again on refreshed records after a lost compare-and-set.
-    pub fn apply<T, E: From<ChangeError>>(
+    pub(crate) fn apply<T, E: From<ChangeError>>(
         &self,
         mut change: impl FnMut(&mut State) -> Result<T, E>,
     ) -> Result<Applied<T>, E> {
@@ -201,7 +203,7 @@ impl ControlStore {
 
     /// Brings the store in line with its state file (see `FileStore::sync_with_file`);
     /// `None`: no edit to judge, or the store is not file-backed.
-    pub fn sync_with_file(&self) -> Option<Result<u64, ReloadError>> {
+    pub(crate) fn sync_with_file(&self) -> Option<Result<u64, ReloadError>> {
         match &self.storage {
             Storage::File(file) => file.sync_with_file(&self.shared),
             Storage::Kv(_) => None,
@@ -209,25 +211,17 @@ impl ControlStore {
     }
 
     /// Writes journaled changes into the state file once no change came for `idle`.
-    pub fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
+    pub(crate) fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
         match &self.storage {
             Storage::File(file) => file.fold_journal_if_idle(idle),
             Storage::Kv(_) => Ok(false),
         }
     }
 
-    /// The state file, when the store is file-backed.
-    pub fn path(&self) -> Option<&Path> {
-        match &self.storage {
-            Storage::File(file) => Some(file.path()),
-            Storage::Kv(_) => None,
-        }
-    }
-
     /// Starts what keeps the store current with its storage: for the state file, the
     /// journal's fold thread and (if `watch_file`) the watch of external edits; for KV,
     /// the bucket's watcher. Each ends with the store.
-    pub fn spawn_followers(
+    pub(crate) fn spawn_followers(
         self: &Arc<Self>,
         kv_watch: Option<async_nats::jetstream::kv::Watch>,
         watch_file: bool,
@@ -301,7 +295,7 @@ impl ControlStore {
     }
 
     /// Marks a sender ID as being imported; `None` if an import of it is already under way.
-    pub fn reserve(&self, sender_id: &str) -> Option<Reservation> {
+    pub(crate) fn reserve(&self, sender_id: &str) -> Option<Reservation> {
         let mut set = lock(&self.in_flight);
         if !set.insert(sender_id.to_string()) {
             return None;

@@ -320,7 +320,7 @@ fn small_changes_are_journaled_replayed_and_folded() {
     // A bulk change is written whole, and empties the journal.
     store
         .apply(|s| -> Result<_, ChangeError> {
-            for i in 0..=JOURNAL_MAX_NUMBERS {
+            for i in 0..=file::JOURNAL_MAX_NUMBERS {
                 s.numbers.push(number(&format!("+1415600{i:04}")));
             }
             Ok(())

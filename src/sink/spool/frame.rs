@@ -8,9 +8,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 /// Bytes of the frame header before each payload (length, crc32).
-pub const FRAME_HEADER_BYTES: u64 = 8;
+pub(crate) const FRAME_HEADER_BYTES: u64 = 8;
 /// Largest payload accepted; a larger length on disk is corruption, not a record.
-pub const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
 
 /// What lies at a position of a segment.
 #[derive(Debug, PartialEq, Eq)]

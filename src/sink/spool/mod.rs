@@ -12,9 +12,8 @@ mod reader;
 mod segments;
 mod writer;
 
-pub use frame::{FRAME_HEADER_BYTES, MAX_RECORD_BYTES};
 pub use reader::SpoolReader;
-pub use segments::SpoolError;
+pub(crate) use segments::SpoolError;
 pub use writer::SpoolWriter;
 
 use std::io;

@@ -33,6 +33,7 @@ pub struct SpoolWriter {
     /// End of the current segment's blocks known to be reserved.
     reserved: u64,
     buf: Vec<u8>,
+    #[cfg(test)]
     recovered_torn_bytes: u64,
     batch_size: metrics::Histogram,
     flush_seconds: metrics::Histogram,
@@ -75,6 +76,7 @@ impl SpoolWriter {
             preallocate: 0,
             reserved: len,
             buf: Vec::new(),
+            #[cfg(test)]
             recovered_torn_bytes: torn,
             batch_size: metrics::histogram!("sms_ingress_sink_batch_size", "queue" => queue.to_owned()),
             flush_seconds: metrics::histogram!("sms_ingress_sink_flush_seconds", "queue" => queue.to_owned()),
@@ -85,18 +87,19 @@ impl SpoolWriter {
     /// append into reserved blocks leaves its `fdatasync` only the data and the file size
     /// to commit, not a block allocation: on ext4, while a build was writing, that cut the
     /// sync's p90 from 4.0 to 0.25 ms (docs/PERFORMANCE.md).
-    pub fn with_preallocation(mut self, bytes: u64) -> SpoolWriter {
+    pub(crate) fn with_preallocation(mut self, bytes: u64) -> SpoolWriter {
         self.preallocate = bytes;
         self
     }
 
     /// Bytes cut from the tail at open, so that start-up can report a crash's damage.
-    pub fn recovered_torn_bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn recovered_torn_bytes(&self) -> u64 {
         self.recovered_torn_bytes
     }
 
     /// The offset the next record will get, for logs and for consumers to resume from.
-    pub fn next_offset(&self) -> u64 {
+    pub(crate) fn next_offset(&self) -> u64 {
         self.base + self.len
     }
 

@@ -8,10 +8,10 @@ use crate::inventory::BuildError;
 use crate::model::state::{State, StateError};
 
 /// SHA-256 of the file's bytes; `None` when the file does not exist.
-pub type Fingerprint = Option<[u8; 32]>;
+pub(crate) type Fingerprint = Option<[u8; 32]>;
 
 /// The fingerprint of a file's content (`None` for a missing file).
-pub fn fingerprint(bytes: Option<&[u8]>) -> Fingerprint {
+pub(crate) fn fingerprint(bytes: Option<&[u8]>) -> Fingerprint {
     bytes.map(|b| {
         let digest = ring::digest::digest(&ring::digest::SHA256, b);
         digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
@@ -21,19 +21,19 @@ pub fn fingerprint(bytes: Option<&[u8]>) -> Fingerprint {
 /// What the store knows of its file: the content it last wrote or adopted, and the last
 /// content it rejected (so one bad edit is reported once, not at every event).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FileMark {
+pub(crate) struct FileMark {
     /// Fingerprint of the content the serving state came from (or was written as).
-    pub known: Fingerprint,
+    pub(crate) known: Fingerprint,
     /// Fingerprint of the last content refused, if it is still what the file holds.
-    pub rejected: Option<Fingerprint>,
+    pub(crate) rejected: Option<Fingerprint>,
     /// The file's identity when it last held content judged above: while it still has
     /// it, each admin change skips re-reading and hashing the whole file.
-    pub stamp: Option<FileStamp>,
+    pub(crate) stamp: Option<FileStamp>,
 }
 
 impl FileMark {
     /// What the store knows right after writing the file itself.
-    pub fn written(known: Fingerprint, stamp: FileStamp) -> FileMark {
+    pub(crate) fn written(known: Fingerprint, stamp: FileStamp) -> FileMark {
         FileMark {
             known,
             rejected: None,
@@ -45,7 +45,7 @@ impl FileMark {
 /// Inode, size and modification time of the state file. An edit replaces the inode
 /// (editors and `write_atomic` rename) or writes in place, which moves the mtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
+pub(crate) struct FileStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -54,7 +54,7 @@ pub struct FileStamp {
 
 impl FileStamp {
     /// The stamp of a file's metadata.
-    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileStamp {
         use std::os::unix::fs::MetadataExt;
         FileStamp {
             dev: meta.dev(),
@@ -65,14 +65,14 @@ impl FileStamp {
     }
 
     /// The stamp of the file at `path` now; `None` if it cannot be read.
-    pub fn at(path: &std::path::Path) -> Option<FileStamp> {
+    pub(crate) fn at(path: &std::path::Path) -> Option<FileStamp> {
         std::fs::metadata(path).ok().map(|m| FileStamp::of(&m))
     }
 }
 
 /// What to do about the file's current content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// The store wrote or loaded exactly this: nothing to do (echo of our own write).
     Unchanged,
     /// This content was already judged invalid and reported.
@@ -82,7 +82,7 @@ pub enum Decision {
 }
 
 /// Compares the file's fingerprint with what the store knows.
-pub fn decide(on_disk: Fingerprint, mark: &FileMark) -> Decision {
+pub(crate) fn decide(on_disk: Fingerprint, mark: &FileMark) -> Decision {
     if on_disk == mark.known {
         Decision::Unchanged
     } else if mark.rejected == Some(on_disk) {
@@ -121,7 +121,7 @@ pub enum ReloadError {
 
 impl ReloadError {
     /// The machine-readable code for audit lines and logs.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             ReloadError::Missing => "file_missing",
             ReloadError::Read(_) => "file_unreadable",
@@ -133,7 +133,7 @@ impl ReloadError {
     }
 
     /// Maps the state module's error for a file that could not be read.
-    pub fn from_read(e: StateError) -> Self {
+    pub(crate) fn from_read(e: StateError) -> Self {
         match e {
             StateError::Read { source, .. } => ReloadError::Read(source),
             other => ReloadError::Read(std::io::Error::other(other.to_string())),
@@ -143,7 +143,7 @@ impl ReloadError {
 
 /// Parses and validates an edited file whole. The version never goes backwards: an edit
 /// that did not bump it still becomes the next version.
-pub fn parse_external(bytes: &[u8], current_version: u64) -> Result<State, ReloadError> {
+pub(crate) fn parse_external(bytes: &[u8], current_version: u64) -> Result<State, ReloadError> {
     let mut state: State = serde_json::from_slice(bytes)
         .map_err(|e| ReloadError::Parse(redact_quoted(&e.to_string())))?;
     state.validate().map_err(|e| match e {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Past this size the journal is replaced by its last line if no line changed numbers
 /// (each line holds all integrations); else the state file is written whole instead.
-pub const MAX_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_BYTES: u64 = 1 << 20;
 
 /// One journaled change, as a line of JSON.
 #[derive(Serialize)]
@@ -46,17 +46,17 @@ struct Replayed {
 
 /// The state file and the journal read together, as the store starts from them.
 #[derive(Debug)]
-pub struct Loaded {
-    pub state: State,
+pub(crate) struct Loaded {
+    pub(crate) state: State,
     /// The state file's fingerprint (`None`: no file).
-    pub base: Fingerprint,
+    pub(crate) base: Fingerprint,
     /// The journal, ready to append after its last whole line.
-    pub journal: Journal,
+    pub(crate) journal: Journal,
 }
 
 /// The journal file and how much of it holds changes.
 #[derive(Debug)]
-pub struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     file: Option<File>,
     /// Bytes of whole lines (a torn last line from a crash is cut off before appending).
@@ -68,7 +68,7 @@ pub struct Journal {
 }
 
 /// The journal's path for a state file: the same name with `.journal` appended.
-pub fn path_for(state_file: &Path) -> PathBuf {
+pub(crate) fn path_for(state_file: &Path) -> PathBuf {
     let mut name = state_file.as_os_str().to_os_string();
     name.push(".journal");
     PathBuf::from(name)
@@ -85,7 +85,7 @@ fn hex(fp: &Fingerprint) -> String {
 /// validates the result whole. Lines older than the file (a fold that stopped before
 /// emptying the journal) are skipped; newer lines made on another file mean the file was
 /// replaced while changes were still journaled, which is refused rather than guessed at.
-pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
+pub(crate) fn load(state_file: &Path) -> Result<Loaded, StateError> {
     let bytes = State::read_bytes(state_file)?;
     let base = super::edits::fingerprint(bytes.as_deref());
     let mut state: State = match &bytes {
@@ -146,12 +146,12 @@ pub fn load(state_file: &Path) -> Result<Loaded, StateError> {
 
 impl Journal {
     /// Whether the journal holds changes the state file lacks.
-    pub fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.pending
     }
 
     /// The journal's file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -160,7 +160,7 @@ impl Journal {
     /// survives a crash. `Ok(false)`: the journal is full; write the state file whole. On
     /// error the journal is cut back to what it held, so a change reported failed is
     /// never replayed.
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
         state: &State,
         base: &Fingerprint,
@@ -210,7 +210,7 @@ impl Journal {
     }
 
     /// Empties the journal once the state file holds everything in it.
-    pub fn clear(&mut self) -> std::io::Result<()> {
+    pub(crate) fn clear(&mut self) -> std::io::Result<()> {
         self.pending = false;
         self.has_deltas = false;
         if self.len == 0 {

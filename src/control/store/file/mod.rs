@@ -5,10 +5,10 @@
 //! lock, so an admin change lands on top of an unseen edit instead of overwriting it.
 
 mod edits;
-pub mod journal;
-pub mod watch;
+pub(crate) mod journal;
+pub(crate) mod watch;
 
-pub use edits::ReloadError;
+pub(crate) use edits::ReloadError;
 
 use super::change::{count_update, lock, Applied, ChangeError, Commit, Shared, StoreError};
 use crate::control::audit;
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 /// Inventories of at least this many numbers journal a change instead of rewriting the
 /// state file (see `journal`); smaller files are rewritten whole, as people read and
 /// edit them.
-pub const JOURNAL_MIN_NUMBERS: usize = 10_000;
+pub(crate) const JOURNAL_MIN_NUMBERS: usize = 10_000;
 
 /// A change to more numbers than this (a bulk import) is written into the file whole.
-pub const JOURNAL_MAX_NUMBERS: usize = 4_096;
+pub(crate) const JOURNAL_MAX_NUMBERS: usize = 4_096;
 
 /// The state file, its journal, and the state served from them.
 pub(crate) struct FileStore {
@@ -53,7 +53,7 @@ type Prepared = (Commit, Option<(Fingerprint, FileStamp)>);
 impl FileStore {
     /// Loads the state file with its journal (a missing file is an empty state) and
     /// publishes it.
-    pub fn open(path: PathBuf, shared: &Shared) -> Result<FileStore, StoreError> {
+    pub(crate) fn open(path: PathBuf, shared: &Shared) -> Result<FileStore, StoreError> {
         let loaded = journal::load(&path)?;
         let commit = (shared.publisher)(&loaded.state).map_err(StoreError::Publish)?;
         commit();
@@ -75,23 +75,24 @@ impl FileStore {
     }
 
     /// Journals changes from this inventory size on (tests use small sizes).
-    pub fn set_journal_from(&mut self, numbers: usize) {
+    #[cfg(test)]
+    pub(crate) fn set_journal_from(&mut self, numbers: usize) {
         self.journal_from = numbers;
     }
 
     /// The state file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A copy of the serving state (a pointer copy of the number list).
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         lock(&self.current).state.clone()
     }
 
     /// Runs `change` on a copy of the state; if the result is valid and the data plane
     /// takes it, makes it durable and swaps it in. Any error changes nothing.
-    pub fn apply<T, E: From<ChangeError>>(
+    pub(crate) fn apply<T, E: From<ChangeError>>(
         &self,
         shared: &Shared,
         change: impl FnOnce(&mut State) -> Result<T, E>,
@@ -177,7 +178,7 @@ impl FileStore {
     /// Writes journaled changes into the state file, if there are any and no change came
     /// for `idle`; true if it did. The file is then whole again for people to read and
     /// edit. At a million numbers this writes over 100 MB, so it waits for a pause.
-    pub fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
+    pub(crate) fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
         let mut current = lock(&self.current);
         if !current.journal.pending() || current.last_change.elapsed() < idle {
             return Ok(false);
@@ -195,7 +196,7 @@ impl FileStore {
     /// Brings the store in line with its file: nothing if the file holds what the store
     /// wrote or loaded (or an edit already rejected); else the edit is validated whole and
     /// swapped in, or rejected with a log line, metric and audit line. `None`: no edit.
-    pub fn sync_with_file(&self, shared: &Shared) -> Option<Result<u64, ReloadError>> {
+    pub(crate) fn sync_with_file(&self, shared: &Shared) -> Option<Result<u64, ReloadError>> {
         let mut current = lock(&self.current);
         self.sync_locked(shared, &mut current)
     }

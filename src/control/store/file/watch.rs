@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// Quiet time after the last event before the file is read: long enough for an editor's
 /// write-then-rename or a truncate-then-write to finish.
-pub const DEBOUNCE: Duration = Duration::from_millis(150);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Longest a stream of events can delay a reload.
 const MAX_SETTLE: Duration = Duration::from_secs(2);
@@ -37,7 +37,7 @@ pub enum WatchError {
 }
 
 /// A running watcher; dropping it stops the watch and ends its thread.
-pub struct StateWatcher {
+pub(crate) struct StateWatcher {
     _watcher: notify::RecommendedWatcher,
 }
 
@@ -48,7 +48,7 @@ impl std::fmt::Debug for StateWatcher {
 }
 
 /// Watches `path`; every settled external edit is one `()` on the returned channel.
-pub fn spawn(path: &Path) -> Result<(StateWatcher, Receiver<()>), WatchError> {
+pub(crate) fn spawn(path: &Path) -> Result<(StateWatcher, Receiver<()>), WatchError> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -100,7 +100,7 @@ fn settle(rx: &Receiver<notify::Result<Event>>) {
 
 /// Whether an event may have changed the state file's content. Reads (ours included) are
 /// not; a watcher error (e.g. an overflowed queue) might hide one, so it counts.
-pub fn relevant(ev: &notify::Result<Event>, name: &OsString) -> bool {
+pub(crate) fn relevant(ev: &notify::Result<Event>, name: &OsString) -> bool {
     let ev = match ev {
         Ok(ev) => ev,
         Err(e) => {

@@ -35,7 +35,7 @@ pub enum KvError {
 }
 
 /// The connected client and the bucket; shared by the store (writes) and the watcher.
-pub struct KvBackend {
+pub(crate) struct KvBackend {
     client: async_nats::Client,
     js: jetstream::Context,
     store: kv::Store,
@@ -56,7 +56,7 @@ impl std::fmt::Debug for KvBackend {
 
 impl KvBackend {
     /// Connects and opens (or creates) the bucket; must run inside the server's runtime.
-    pub async fn connect(cfg: &NatsKvConfig) -> Result<KvBackend, KvError> {
+    pub(crate) async fn connect(cfg: &NatsKvConfig) -> Result<KvBackend, KvError> {
         let endpoint = crate::nats::Endpoint {
             section: "control.nats_kv",
             servers: &cfg.servers,
@@ -85,7 +85,7 @@ impl KvBackend {
     }
 
     /// Whether the client is connected right now.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
@@ -98,7 +98,7 @@ impl KvBackend {
 
     /// Reads the whole bucket (the last entry of every key, deletes included) through a
     /// watch that then stays open for what comes next.
-    pub async fn load(&self) -> Result<(Vec<Change>, kv::Watch), KvError> {
+    pub(crate) async fn load(&self) -> Result<(Vec<Change>, kv::Watch), KvError> {
         let mut stream = self.store.stream.clone();
         let present = stream
             .info()
@@ -138,7 +138,7 @@ impl KvBackend {
     /// Runs the writes in order, each a compare-and-set on the key's revision in `mirror`,
     /// recording each accepted write in `mirror`. Stops at the first failure (earlier writes
     /// stay: the plan keeps every prefix valid). Blocking: call from a blocking thread.
-    pub fn write(&self, ops: &[Op], mirror: &mut Mirror) -> Result<u64, KvError> {
+    pub(crate) fn write(&self, ops: &[Op], mirror: &mut Mirror) -> Result<u64, KvError> {
         let mut last = mirror.last_revision();
         for op in ops {
             let expected = mirror.revision(op.key());
@@ -194,7 +194,7 @@ impl KvBackend {
     }
 
     /// Reads the current entry of each key (after a lost compare-and-set). Blocking.
-    pub fn read(&self, keys: &[&str]) -> Result<Vec<Change>, KvError> {
+    pub(crate) fn read(&self, keys: &[&str]) -> Result<Vec<Change>, KvError> {
         self.block_on(async {
             let mut out = Vec::with_capacity(keys.len());
             for key in keys {
@@ -256,7 +256,7 @@ async fn open_bucket(js: &jetstream::Context, cfg: &NatsKvConfig) -> Result<kv::
 }
 
 /// The stream behind the bucket, as the NATS KV conventions define it (history 1).
-pub fn bucket_stream(cfg: &NatsKvConfig) -> jetstream::stream::Config {
+pub(crate) fn bucket_stream(cfg: &NatsKvConfig) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: format!("KV_{}", cfg.bucket),
         description: Some(

@@ -5,8 +5,8 @@
 //! compare-and-set refreshes those records and re-runs the change (bounded). The watcher
 //! feeds other instances' changes in as events.
 
-pub mod backend;
-pub mod records;
+pub(crate) mod backend;
+pub(crate) mod records;
 pub(crate) mod watcher;
 
 use super::change::{count_update, lock, Applied, ChangeError, Readiness, Shared, StoreError};
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Tries of a KV change whose compare-and-set keeps losing before it is answered 409.
-pub const CAS_ATTEMPTS: u32 = 10;
+pub(crate) const CAS_ATTEMPTS: u32 = 10;
 
 /// The bucket, this instance's mirror of it, and the state served from that.
 pub(crate) struct KvStore {
@@ -39,7 +39,7 @@ struct Current {
 impl KvStore {
     /// Serves the records of a bucket (`changes`: the whole bucket as `KvBackend::load`
     /// read it); refused records are reported and left out.
-    pub fn open(
+    pub(crate) fn open(
         backend: Arc<KvBackend>,
         changes: &[Change],
         shared: &Shared,
@@ -63,23 +63,23 @@ impl KvStore {
     }
 
     /// Tells `readiness` when the store starts and ends reloading its bucket.
-    pub fn set_readiness(&mut self, readiness: Readiness) {
+    pub(crate) fn set_readiness(&mut self, readiness: Readiness) {
         self.readiness = Some(readiness);
     }
 
     /// The bucket this store writes.
-    pub fn backend(&self) -> &Arc<KvBackend> {
+    pub(crate) fn backend(&self) -> &Arc<KvBackend> {
         &self.backend
     }
 
     /// A copy of the serving state.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         lock(&self.current).state.clone()
     }
 
     /// Runs the change until its writes land, re-running it on refreshed records after a
     /// lost compare-and-set; `Conflict` after `CAS_ATTEMPTS` losses in a row.
-    pub fn apply<T, E: From<ChangeError>>(
+    pub(crate) fn apply<T, E: From<ChangeError>>(
         &self,
         shared: &Shared,
         change: &mut impl FnMut(&mut State) -> Result<T, E>,
@@ -138,7 +138,7 @@ impl KvStore {
 
     /// The watcher's entries (other instances' changes, and echoes of ours): applied to the
     /// mirror, then the whole state is validated and served, or refused whole.
-    pub fn ingest(&self, shared: &Shared, changes: &[Change]) {
+    pub(crate) fn ingest(&self, shared: &Shared, changes: &[Change]) {
         let mut current = lock(&self.current);
         if absorb(shared, &mut current.mirror, changes) == 0 {
             return;
@@ -151,7 +151,7 @@ impl KvStore {
 
     /// The watch failed or the connection dropped: refuse changes and report not ready
     /// until `replace` has loaded the whole bucket again.
-    pub fn unsynced(&self) {
+    pub(crate) fn unsynced(&self) {
         lock(&self.current).synced = false;
         metrics::gauge!("sms_ingress_control_kv_synced").set(0.0);
         if let Some(ready) = &self.readiness {
@@ -161,7 +161,7 @@ impl KvStore {
 
     /// The whole bucket, loaded again: it replaces the mirror, is served if valid, and the
     /// store is ready again.
-    pub fn replace(&self, shared: &Shared, changes: &[Change]) {
+    pub(crate) fn replace(&self, shared: &Shared, changes: &[Change]) {
         let mut mirror = Mirror::default();
         absorb(shared, &mut mirror, changes);
         let mut current = lock(&self.current);

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 
 /// Key prefix of integration records.
-pub const INTEGRATION_PREFIX: &str = "integration.";
+pub(crate) const INTEGRATION_PREFIX: &str = "integration.";
 /// Key prefix of number records.
-pub const NUMBER_PREFIX: &str = "number.";
+pub(crate) const NUMBER_PREFIX: &str = "number.";
 
 /// Escapes an id or sender ID into one KV key token: `[A-Za-z0-9-]` kept, any other byte `_XX`.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' {
@@ -33,7 +33,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Reverses `escape`; `None` for anything `escape` cannot have produced.
-pub fn unescape(s: &str) -> Option<String> {
+pub(crate) fn unescape(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -55,12 +55,12 @@ pub fn unescape(s: &str) -> Option<String> {
 }
 
 /// The key of an integration record.
-pub fn integration_key(id: &str) -> String {
+pub(crate) fn integration_key(id: &str) -> String {
     format!("{INTEGRATION_PREFIX}{}", escape(id))
 }
 
 /// The key of a number record.
-pub fn number_key(sender_id: &str) -> String {
+pub(crate) fn number_key(sender_id: &str) -> String {
     format!("{NUMBER_PREFIX}{}", escape(sender_id))
 }
 
@@ -99,7 +99,7 @@ pub enum RecordError {
 
 impl RecordError {
     /// The machine-readable code for logs and audit lines.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             RecordError::UnknownKey(_) => "unknown_key",
             RecordError::Json { .. } => "parse_error",
@@ -111,13 +111,13 @@ impl RecordError {
 
 /// One entry of the bucket as seen by a watch or a read: `None` value = deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
+pub(crate) struct Change {
     /// The KV key.
-    pub key: String,
+    pub(crate) key: String,
     /// The entry's revision (its stream sequence).
-    pub revision: u64,
+    pub(crate) revision: u64,
     /// The value of a put; `None` for a delete or purge.
-    pub value: Option<Bytes>,
+    pub(crate) value: Option<Bytes>,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, RecordError> {
@@ -137,7 +137,7 @@ fn invalid(key: &str, e: crate::model::state::StateError) -> RecordError {
 /// The bucket as this instance knows it: the last accepted record of every key, and the
 /// last revision of every key (refused values and deletes included) for compare-and-set.
 #[derive(Debug, Clone, Default)]
-pub struct Mirror {
+pub(crate) struct Mirror {
     integrations: BTreeMap<String, Integration>,
     numbers: BTreeMap<String, Number>,
     revisions: HashMap<String, u64>,
@@ -146,27 +146,27 @@ pub struct Mirror {
 
 /// What the served view left out or changed because concurrent writers raced across records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tolerated {
+pub(crate) struct Tolerated {
     /// Numbers whose integration is gone: not served (webhooks answer as unknown numbers).
-    pub orphan_numbers: usize,
+    pub(crate) orphan_numbers: usize,
     /// Active numbers of an inactive integration: served as disabled (dead-lettered).
-    pub active_under_inactive: usize,
+    pub(crate) active_under_inactive: usize,
 }
 
 impl Mirror {
     /// The revision a compare-and-set on `key` expects; 0 means "never written".
-    pub fn revision(&self, key: &str) -> u64 {
+    pub(crate) fn revision(&self, key: &str) -> u64 {
         self.revisions.get(key).copied().unwrap_or(0)
     }
 
     /// The highest revision applied: the served state's version.
-    pub fn last_revision(&self) -> u64 {
+    pub(crate) fn last_revision(&self) -> u64 {
         self.last_revision
     }
 
     /// Applies one entry. `Ok(false)`: already known (an echo of our own write, or older).
     /// `Err`: the value is refused; its revision is still recorded so an admin can overwrite it.
-    pub fn apply(&mut self, change: &Change) -> Result<bool, RecordError> {
+    pub(crate) fn apply(&mut self, change: &Change) -> Result<bool, RecordError> {
         if self.revision(&change.key) >= change.revision {
             return Ok(false);
         }
@@ -208,7 +208,7 @@ impl Mirror {
 
     /// The state to serve: every record, except that a number whose integration is gone is
     /// left out and an active number of an inactive integration is served disabled.
-    pub fn state(&self) -> (State, Tolerated) {
+    pub(crate) fn state(&self) -> (State, Tolerated) {
         let mut tolerated = Tolerated::default();
         let mut numbers = Vec::with_capacity(self.numbers.len());
         for n in self.numbers.values() {
@@ -234,7 +234,7 @@ impl Mirror {
 
 /// One write of a change: put a record's JSON, or delete a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     /// Create or replace the record under `key` with this JSON.
     Put { key: String, value: Bytes },
     /// Delete `key`.
@@ -243,7 +243,7 @@ pub enum Op {
 
 impl Op {
     /// The key the op writes.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
         }
@@ -264,7 +264,7 @@ fn put<T: serde::Serialize>(key: String, record: &T) -> Op {
 /// inactive, then integrations deleted. So a deactivation disables the numbers before the
 /// integration, a reactivation activates the integration before its numbers, and a delete
 /// removes the numbers before their integration.
-pub fn plan(old: &State, new: &State) -> Vec<Op> {
+pub(crate) fn plan(old: &State, new: &State) -> Vec<Op> {
     let old_i: HashMap<&str, &Integration> = old
         .integrations
         .iter()
