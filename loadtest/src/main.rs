@@ -1,6 +1,6 @@
 //! The `sms-loadtest` command line: `setup`, `run`, `verify`, `baseline-server`, `ratio`,
 //! `fake-twilio`. Each subcommand is a thin shell over the library's modules (`fake-twilio`
-//! over `sms_ingress::fake_twilio`, its flags in `fake.rs`).
+//! over the test kit's `FakeTwilio`, its flags in `fake.rs`).
 
 mod fake;
 
