@@ -576,8 +576,11 @@ impl Config {
                     "must be 64 hex digits: printf %s \"$TOKEN\" | sha256sum",
                 );
             }
-            if t.org.is_empty() {
-                return invalid("control.admin_tokens.org", "must not be empty");
+            if !crate::model::state::is_org_name(&t.org) {
+                return invalid(
+                    "control.admin_tokens.org",
+                    "must be 1-64 of [A-Za-z0-9_-] (it names the org's queues)",
+                );
             }
         }
         Ok(())

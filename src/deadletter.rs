@@ -425,7 +425,7 @@ async fn replay_batch(
                 break;
             }
         };
-        envelope.queue = queue.name().clone();
+        envelope.queue = queue.queue().clone();
         match submit(&queue, envelope).await {
             Ok(rx) => acks.push(((start, end), rx)),
             Err(_) => {

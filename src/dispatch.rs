@@ -27,7 +27,10 @@ pub enum SubmitError {
 
 /// The sending side of one queue, shared by every snapshot entry routed to it.
 pub(crate) struct QueueHandle {
+    /// `ORG/QUEUE` (or a dead-letter spool's integration id): the key of its sink.
     name: Arc<str>,
+    /// The queue's own name, the last part of `name`, as envelopes carry it.
+    queue: Arc<str>,
     tx: Sender<Job>,
     healthy: Arc<AtomicBool>,
     /// Registered once, so submitting costs no metric lookup.
@@ -43,9 +46,9 @@ impl std::fmt::Debug for QueueHandle {
 }
 
 impl QueueHandle {
-    /// The queue's name, as routing knows it.
-    pub(crate) fn name(&self) -> &Arc<str> {
-        &self.name
+    /// The queue's own name within its org, as envelopes carry it.
+    pub(crate) fn queue(&self) -> &Arc<str> {
+        &self.queue
     }
 
     /// Hands an envelope over without blocking; the receiver yields `true` once it is durable.
@@ -117,6 +120,7 @@ impl Dispatcher {
         let healthy = Arc::new(AtomicBool::new(true));
         let handle = Arc::new(QueueHandle {
             name: Arc::from(name),
+            queue: Arc::from(name.rsplit('/').next().unwrap_or(name)),
             tx,
             healthy: healthy.clone(),
             enqueued: metrics::counter!("sms_ingress_enqueued_total", "queue" => name.to_string()),
@@ -129,7 +133,10 @@ impl Dispatcher {
             max_batch: self.max_batch,
         };
         self.spawner
-            .spawn(format!("sink-{name}"), Box::new(move || worker.run()))
+            .spawn(
+                format!("sink-{}", name.replace('/', ":")),
+                Box::new(move || worker.run()),
+            )
             .map_err(SinkError::from)?;
         queues.insert(name.to_string(), handle.clone());
         Ok(handle)

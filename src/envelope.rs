@@ -272,11 +272,16 @@ impl Envelope {
         Ok(env)
     }
 
-    /// The NDJSON object `spool tail` prints for consumers; `received_at` is null if the
-    /// timestamp is outside years 1970..=9999, and a non-UTF-8 body goes to `body_base64`.
-    pub fn to_json(&self, offset: u64) -> serde_json::Value {
+    /// The JSON object a consumer gets (a `spool tail` line, a delivery's body): where the
+    /// record is (`offset`, and `next_offset` to resume after it), the envelope's fields,
+    /// and `params`, every form field decoded (name → value, or a list of values for a
+    /// repeated name), so a consumer never parses the raw form. `received_at` is null if
+    /// the timestamp is outside years 1970..=9999; a non-UTF-8 body goes to `body_base64`
+    /// (and `params` is null).
+    pub fn to_json(&self, offset: u64, next_offset: u64) -> serde_json::Value {
         let mut obj = serde_json::json!({
             "offset": offset,
+            "next_offset": next_offset,
             "kind": self.kind.as_str(),
             "received_at": rfc3339_millis(self.received_at_ms),
             "org": &*self.org,
@@ -295,15 +300,63 @@ impl Envelope {
         });
         let map = obj.as_object_mut().expect("built as an object");
         match std::str::from_utf8(&self.body) {
-            Ok(text) => map.insert("body".into(), text.into()),
+            Ok(text) => {
+                map.insert("body".into(), text.into());
+                map.insert("params".into(), params(&self.body));
+            }
             Err(_) => {
                 use base64::Engine as _;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&self.body);
-                map.insert("body_base64".into(), b64.into())
+                map.insert("body_base64".into(), b64.into());
+                map.insert("params".into(), serde_json::Value::Null);
             }
         };
         obj
     }
+
+    /// The conversation a record belongs to: our number and the customer's (`From` of an
+    /// inbound message, `To` of a delivery report). Delivery keeps its records in order.
+    pub fn conversation(&self) -> (&str, &str) {
+        let customer = match self.kind {
+            Kind::Inbound => &self.from,
+            Kind::Status => &self.to,
+        };
+        (&self.number, customer)
+    }
+
+    /// The Standard Webhooks `webhook-id` of this Twilio delivery: the same for every
+    /// redelivery and for a Twilio retry stored twice, as it is built from `AccountSid`,
+    /// `MessageSid` and, for reports, `MessageStatus` (hashed, so any value is header-safe).
+    pub fn webhook_id(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(self.account_sid.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.message_sid.as_bytes());
+        if let Some(status) = &self.message_status {
+            ctx.update(b"\0");
+            ctx.update(status.as_bytes());
+        }
+        format!("msg_{}", hex::encode(&ctx.finish().as_ref()[..16]))
+    }
+}
+
+/// A form body's fields as JSON: name → value, or a list of values for a repeated name;
+/// null if the body is not a form.
+fn params(body: &[u8]) -> serde_json::Value {
+    let Ok(form) = crate::form::Form::parse(body) else {
+        return serde_json::Value::Null;
+    };
+    let mut map = serde_json::Map::new();
+    for (name, value) in form.pairs() {
+        match map.get_mut(name) {
+            None => {
+                map.insert(name.to_string(), value.into());
+            }
+            Some(serde_json::Value::Array(list)) => list.push(value.into()),
+            Some(first) => *first = serde_json::Value::Array(vec![first.take(), value.into()]),
+        }
+    }
+    serde_json::Value::Object(map)
 }
 
 #[cfg(test)]
@@ -413,7 +466,7 @@ mod tests {
             let len = (rng.next() % 300) as usize;
             let buf: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             if let Ok(env) = Envelope::decode(&buf) {
-                let _ = env.to_json(0);
+                let _ = env.to_json(0, 1);
             }
         }
         // Mutations of valid encodings reach deeper into the decoder.
@@ -425,7 +478,7 @@ mod tests {
                 buf[i] = rng.next() as u8;
             }
             if let Ok(env) = Envelope::decode(&buf) {
-                let _ = env.to_json(0);
+                let _ = env.to_json(0, 1);
             }
         }
     }
@@ -433,8 +486,13 @@ mod tests {
     #[test]
     fn json_has_the_documented_keys() {
         let env = sample(None, None, Some(ComplianceAction::OptOut));
-        let v = env.to_json(42);
+        let v = env.to_json(42, 99);
         assert_eq!(v["offset"], 42);
+        assert_eq!(v["next_offset"], 99);
+        assert_eq!(
+            v["params"],
+            serde_json::json!({"Body": "Hello é", "From": "+15552223333"})
+        );
         assert_eq!(v["kind"], "inbound");
         assert_eq!(v["received_at"], "2026-11-26T18:00:00.123Z");
         assert_eq!(v["message_status"], serde_json::Value::Null);
@@ -446,12 +504,42 @@ mod tests {
         let mut bin = sample(Some("failed"), Some("t"), None);
         bin.body = Bytes::from_static(&[0xff, 0x00]);
         bin.received_at_ms = -1;
-        let v = bin.to_json(0);
+        let v = bin.to_json(0, 1);
         assert_eq!(v["kind"], "status");
         assert_eq!(v["message_status"], "failed");
         assert_eq!(v["idempotency_token"], "t");
         assert_eq!(v["body_base64"], "/wA=");
         assert!(v.get("body").is_none());
+        assert!(v["params"].is_null());
         assert_eq!(v["received_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn repeated_names_give_a_list_and_keys_are_per_delivery() {
+        let mut env = sample(None, None, None);
+        env.body = Bytes::from_static(b"Tag=b&Tag=a&MediaUrl0=x&Tag=a");
+        assert_eq!(
+            env.to_json(0, 1)["params"],
+            serde_json::json!({"MediaUrl0": "x", "Tag": ["a", "a", "b"]})
+        );
+        assert_eq!(env.conversation(), ("+15550001111", "+15552223333"));
+        let report = sample(Some("delivered"), None, None);
+        assert_eq!(report.conversation(), ("+15550001111", "+15550001111"));
+
+        let id = env.webhook_id();
+        assert!(id.starts_with("msg_") && id.len() == 36, "{id}");
+        let mut retry = env.clone();
+        retry.received_at_ms += 5_000;
+        retry.idempotency_token = Some("another attempt".into());
+        assert_eq!(
+            retry.webhook_id(),
+            id,
+            "a Twilio retry is the same delivery"
+        );
+        let mut other_account = env.clone();
+        other_account.account_sid = "AC1123456789abcdef0123456789abcdef".into();
+        assert_ne!(other_account.webhook_id(), id, "scoped by AccountSid");
+        let sent = sample(Some("sent"), None, None);
+        assert_ne!(sent.webhook_id(), report.webhook_id(), "one per status");
     }
 }

@@ -229,7 +229,10 @@ fn integration_entry(i: &Integration, key: &MasterKey) -> Result<IntegrationEntr
 /// Makes slots for one state: integration positions and queues resolved once each.
 struct Slots<'a> {
     positions: HashMap<&'a str, u32>,
-    queues: HashMap<&'a str, Arc<QueueHandle>>,
+    /// By org and queue name.
+    queues: HashMap<(&'a str, &'a str), Arc<QueueHandle>>,
+    /// Each integration's org, by integration id.
+    orgs: HashMap<&'a str, &'a str>,
     dispatcher: &'a Dispatcher,
 }
 
@@ -243,22 +246,33 @@ impl<'a> Slots<'a> {
                 .map(|(at, i)| (i.id.as_str(), at as u32))
                 .collect(),
             queues: HashMap::new(),
+            orgs: state
+                .integrations
+                .iter()
+                .map(|i| (i.id.as_str(), i.org.as_str()))
+                .collect(),
             dispatcher,
         }
     }
 
     fn slot(&mut self, n: &'a Number) -> Result<Slot, BuildError> {
-        let queue = match self.queues.get(&*n.queue) {
+        let org = self
+            .orgs
+            .get(&*n.integration_id)
+            .copied()
+            .unwrap_or_default();
+        let queue = match self.queues.get(&(org, &*n.queue)) {
             Some(q) => q.clone(),
             None => {
+                let name = format!("{org}/{}", n.queue);
                 let q = self
                     .dispatcher
-                    .queue(&n.queue)
+                    .queue(&name)
                     .map_err(|source| BuildError::Queue {
-                        queue: n.queue.to_string(),
+                        queue: name.clone(),
                         source,
                     })?;
-                self.queues.insert(&n.queue, q.clone());
+                self.queues.insert((org, &n.queue), q.clone());
                 q
             }
         };
@@ -431,7 +445,7 @@ mod tests {
         let snap = Snapshot::build(&state, &mk, &d).unwrap();
         assert_eq!((snap.version, snap.len()), (7, 10));
         let e = snap.lookup("+15550000004").unwrap();
-        assert_eq!(&**e.queue.name(), "q1");
+        assert_eq!(&**e.queue.queue(), "q1");
         assert_eq!(e.routing, Routing::Active);
         assert_eq!(e.integration.keys.len(), 2);
         assert_eq!(
@@ -485,7 +499,7 @@ mod tests {
         state.numbers[4].queue = "q9".into();
         let fifth = Snapshot::build_after(&state, &mk, &d, Some(&first)).unwrap();
         assert!(!fifth.shares_numbers_with(&first));
-        assert_eq!(&**fifth.lookup("+15550000004").unwrap().queue.name(), "q9");
+        assert_eq!(&**fifth.lookup("+15550000004").unwrap().queue.queue(), "q9");
     }
 
     #[test]
@@ -504,14 +518,20 @@ mod tests {
         let second = Snapshot::build_after(&next, &mk, &d, Some(&first)).unwrap();
         assert!(second.shares_number_map_with(&first));
         assert_eq!(second.len(), OVERLAY_MAX + 100);
-        assert_eq!(&**second.lookup("+15550000004").unwrap().queue.name(), "q9");
+        assert_eq!(
+            &**second.lookup("+15550000004").unwrap().queue.queue(),
+            "q9"
+        );
         assert_eq!(
             second.lookup("+15550000005").unwrap().routing,
             Routing::Provisioning
         );
         assert!(second.lookup("+15550000006").is_none());
         assert!(second.lookup("+15559999999").is_some());
-        assert_eq!(&**second.lookup("+15550000008").unwrap().queue.name(), "q2");
+        assert_eq!(
+            &**second.lookup("+15550000008").unwrap().queue.queue(),
+            "q2"
+        );
         assert!(
             first.lookup("+15559999999").is_none(),
             "the old one is as it was"
@@ -533,7 +553,10 @@ mod tests {
         }
         let fourth = Snapshot::build_after(&many, &mk, &d, Some(&third)).unwrap();
         assert!(!fourth.shares_number_map_with(&first));
-        assert_eq!(&**fourth.lookup("+15550000001").unwrap().queue.name(), "q7");
+        assert_eq!(
+            &**fourth.lookup("+15550000001").unwrap().queue.queue(),
+            "q7"
+        );
         assert!(fourth.lookup("+15550000006").is_some());
         assert_eq!(fourth.len(), third.len());
     }

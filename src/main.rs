@@ -68,7 +68,7 @@ enum SpoolCommand {
     Tail {
         #[command(flatten)]
         config: ConfigArg,
-        /// Queue name.
+        /// Queue: ORG/QUEUE, or QUEUE when one org has a queue of that name.
         #[arg(long)]
         queue: String,
         /// Keep waiting for new records.
@@ -89,7 +89,7 @@ enum NatsCommand {
     Tail {
         #[command(flatten)]
         config: ConfigArg,
-        /// Queue name.
+        /// Queue: ORG/QUEUE (ORG/* for all of an org's), or QUEUE when one org of the state file has it.
         #[arg(long)]
         queue: String,
         /// Keep waiting for new envelopes.
@@ -179,6 +179,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Some(d) => d,
                 None => Config::load(&config.config)?.sink.dir,
             };
+            let queue = sms_ingress::sink::spool::queues::resolve(&dir, &queue)?;
             let mut out = std::io::stdout().lock();
             sms_ingress::sink::spool::tail(&dir, &queue, from, follow, &mut out)?;
             Ok(ExitCode::SUCCESS)
@@ -193,6 +194,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let cfg = Config::load(&config.config)?;
+            let queue = org_queue(&cfg, &queue)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -207,6 +209,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Signature { command } => signature_tool(command),
+    }
+}
+
+/// `ORG/QUEUE` as given, or a plain `QUEUE` resolved to the one org of the state file whose
+/// numbers use it.
+fn org_queue(cfg: &Config, queue: &str) -> anyhow::Result<String> {
+    if queue.contains('/') || queue == "*" {
+        return Ok(queue.to_string());
+    }
+    let state = sms_ingress::control::store::file::journal::state_of(&cfg.control.state_file)?;
+    let mut orgs: Vec<&str> = state
+        .numbers
+        .iter()
+        .filter(|n| &*n.queue == queue)
+        .filter_map(|n| state.integration(&n.integration_id))
+        .map(|i| i.org.as_str())
+        .collect();
+    orgs.sort_unstable();
+    orgs.dedup();
+    match orgs.as_slice() {
+        [org] => Ok(format!("{org}/{queue}")),
+        [] => anyhow::bail!("no org's numbers use queue {queue:?}; name it ORG/QUEUE"),
+        many => anyhow::bail!(
+            "queue {queue:?} is ambiguous: {}; name it ORG/QUEUE",
+            many.iter()
+                .map(|o| format!("{o}/{queue}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

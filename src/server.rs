@@ -15,7 +15,7 @@ use crate::policy::Dedup;
 use crate::shutdown::terminate_requested;
 use crate::signature::PublicUrl;
 use crate::sink::nats::NatsConnection;
-use crate::sink::spool::SpoolWriter;
+use crate::sink::spool::{self, SpoolWriter};
 use crate::sink::QueueSink;
 use crate::telemetry::LogReload;
 use crate::webhook::Webhook;
@@ -82,6 +82,10 @@ async fn open_store(
     webhook: Arc<Webhook>,
 ) -> anyhow::Result<(ControlStore, Option<KvWatch>)> {
     if cfg.control.store == StoreKind::File {
+        if needs_migration(cfg) {
+            let state = crate::control::store::file::journal::load(&cfg.control.state_file)?.state;
+            migrate_spool(cfg, &state)?;
+        }
         let store = ControlStore::open(&cfg.control.state_file, key, publish)
             .with_context(|| format!("control.state_file {}", cfg.control.state_file.display()))?;
         return Ok((store, None));
@@ -89,6 +93,13 @@ async fn open_store(
     let kv = &cfg.control.nats_kv;
     let backend = Arc::new(KvBackend::connect(kv).await?);
     let (changes, watch) = backend.load().await?;
+    if needs_migration(cfg) {
+        let mut mirror = crate::control::store::kv::records::Mirror::default();
+        for change in &changes {
+            let _ = mirror.apply(change);
+        }
+        migrate_spool(cfg, &mirror.state().0)?;
+    }
     let store = ControlStore::open_kv(backend.clone(), &changes, key, publish)
         .with_context(|| format!("control.nats_kv bucket {}", kv.bucket))?
         .with_readiness(Arc::new(move |ready| match ready {
@@ -97,6 +108,32 @@ async fn open_store(
         }));
     tracing::info!(bucket = %kv.bucket, records = changes.len(), "control: KV bucket loaded");
     Ok((store, Some(watch)))
+}
+
+/// Whether the spool holds queues from before they belonged to orgs (`<sink.dir>/<queue>/`).
+fn needs_migration(cfg: &Config) -> bool {
+    cfg.sink.kind == SinkKind::Spool && !spool::queues::legacy(&cfg.sink.dir).is_empty()
+}
+
+/// Moves each spool from before orgs into `<sink.dir>/<org>/<queue>/`, the org being the
+/// one whose numbers route to that queue in `state`; refuses to start if it can't tell.
+fn migrate_spool(cfg: &Config, state: &State) -> anyhow::Result<()> {
+    let orgs_of = |queue: &str| -> Vec<String> {
+        let mut orgs: Vec<String> = state
+            .numbers
+            .iter()
+            .filter(|n| &*n.queue == queue)
+            .filter_map(|n| state.integration(&n.integration_id))
+            .map(|i| i.org.clone())
+            .collect();
+        orgs.sort();
+        orgs.dedup();
+        orgs
+    };
+    for (from, to) in spool::queues::migrate_legacy(&cfg.sink.dir, orgs_of)? {
+        tracing::warn!(dir = %cfg.sink.dir.display(), from, to, "spool: moved a queue from before orgs into its org's directory");
+    }
+    Ok(())
 }
 
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.

@@ -245,7 +245,7 @@ impl Webhook {
             received_at_ms: unix_ms(received_at),
             org: entry.integration.org.clone(),
             integration_id: entry.integration.id.clone(),
-            queue: entry.queue.name().clone(),
+            queue: entry.queue.queue().clone(),
             number: number.to_owned(),
             from: form.get("From").unwrap_or_default().to_owned(),
             to: form.get("To").unwrap_or_default().to_owned(),

@@ -158,7 +158,7 @@ fn unwritable_spool_answers_503_and_recovers_when_writable() {
     );
     let (first, status) = send(&s, 0);
     assert_eq!(status, 200);
-    let qdir = s.dir.join("spool").join("disk");
+    let qdir = s.dir.join("spool").join("org-a").join("disk");
     let mut locked: Vec<PathBuf> = std::fs::read_dir(&qdir)
         .unwrap()
         .map(|e| e.unwrap().path())

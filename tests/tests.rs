@@ -16,6 +16,7 @@ mod limits;
 mod nats_sink;
 mod properties;
 mod protocols;
+mod queues;
 mod reload;
 mod vendor;
 mod vendor_client;

@@ -59,7 +59,7 @@ fn accepted_webhook_is_spooled_exactly_once() {
     assert!(rec["received_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(s.metric("sms_ingress_duplicates_total"), 1.0);
     assert_eq!(
-        s.metric(r#"sms_ingress_acknowledged_total{queue="support"}"#),
+        s.metric(r#"sms_ingress_acknowledged_total{queue="org-a/support"}"#),
         1.0
     );
 }

@@ -82,14 +82,8 @@ pub fn read_acked(path: &Path) -> Result<HashSet<String>> {
 /// The dedup key of every record of every queue under the spool root.
 pub fn spool_keys(dir: &Path) -> Result<Vec<String>> {
     let mut keys = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("reading spool dir {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry?;
-        if !entry.file_type()?.is_dir() {
-            continue;
-        }
-        let queue = entry.file_name().to_string_lossy().into_owned();
+    std::fs::read_dir(dir).with_context(|| format!("reading spool dir {}", dir.display()))?;
+    for queue in sms_ingress::sink::spool::queues::list(dir) {
         let mut reader =
             SpoolReader::open(dir, &queue).with_context(|| format!("opening queue {queue}"))?;
         while let Some((_, env)) = reader
@@ -142,10 +136,10 @@ mod tests {
     fn scenario(stored: &[(&str, &str, Option<&str>)], acked: &[&str]) -> Verdict {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
-        for queue in ["loadtest-0", "loadtest-1"] {
+        for queue in ["org/loadtest-0", "org/loadtest-1"] {
             let envs: Vec<Envelope> = stored
                 .iter()
-                .filter(|(q, _, _)| *q == queue)
+                .filter(|(q, _, _)| queue.ends_with(*q))
                 .map(|(_, sid, st)| envelope(sid, *st))
                 .collect();
             let mut w = SpoolWriter::open(&spool, queue, 1 << 20).unwrap();

@@ -349,6 +349,12 @@ pub fn is_short_code(s: &str) -> bool {
     (5..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Org names become directory names (`<sink.dir>/<org>/<queue>/`) and NATS subject
+/// tokens (`sms.{kind}.{org}.{queue}`): kept as plain as queue names.
+pub fn is_org_name(s: &str) -> bool {
+    is_queue_name(s)
+}
+
 /// Queue names become directory names and NATS subject tokens: keep them plain.
 pub fn is_queue_name(s: &str) -> bool {
     !s.is_empty()
@@ -372,6 +378,12 @@ pub fn check_integration(i: &Integration) -> Result<(), StateError> {
         return Err(StateError::Invalid(format!(
             "integration {:?}: id and org must be set",
             i.id
+        )));
+    }
+    if !is_org_name(&i.org) {
+        return Err(StateError::Invalid(format!(
+            "integration {}: org {:?} must be 1-64 of [A-Za-z0-9_-] (it names the org's queue directories and NATS subjects)",
+            i.id, i.org
         )));
     }
     if !is_account_sid(&i.account_sid) {

@@ -1,6 +1,6 @@
 //! The NATS sink: the fleet's alternative to the spool, and the last step of the request
 //! path when `sink.kind = "nats"`. A queue's worker publishes its batch to JetStream on
-//! `sms.{kind}.{queue}` with every publish in flight at once, then waits for every
+//! `sms.{kind}.{org}.{queue}` with every publish in flight at once, then waits for every
 //! publish ack; only then are the webhooks acknowledged. `Nats-Msg-Id` carries the
 //! envelope's dedup key, so a Twilio retry that lands on another instance of the fleet is
 //! stored once (within the stream's duplicate window). `nats tail` reads a queue back as
@@ -76,7 +76,20 @@ impl From<NatsError> for SinkError {
 
 /// The subject of a queue's envelopes of one kind.
 pub(crate) fn subject(kind: Kind, queue: &str) -> String {
-    format!("sms.{}.{queue}", kind.as_str())
+    format!("sms.{}.{}", kind.as_str(), tokens(queue))
+}
+
+/// The subject tokens of `ORG/QUEUE` (`ORG.QUEUE`; `*` stays a wildcard).
+fn tokens(queue: &str) -> String {
+    queue.replace('/', ".")
+}
+
+/// The subjects of a queue's envelopes of both kinds: `ORG/QUEUE`, `ORG/*`, or `*` (all).
+pub(crate) fn filter(queue: &str) -> String {
+    match queue {
+        "*" => SUBJECT_ROOT.to_string(),
+        q => format!("sms.*.{}", tokens(q)),
+    }
 }
 
 /// `Nats-Msg-Id` of an envelope: the kind keeps inbound and status keys apart.
@@ -94,7 +107,7 @@ pub fn stream_config(cfg: &NatsConfig) -> stream::Config {
         duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
-        description: Some("sms-ingress envelopes (sms.{kind}.{queue})".into()),
+        description: Some("sms-ingress envelopes (sms.{kind}.{org}.{queue})".into()),
         ..Default::default()
     }
 }
@@ -350,7 +363,7 @@ pub async fn tail(
         .map_err(|e| read_error(&e))?;
     let mut consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("sms.*.{queue}"),
+            filter_subject: filter(queue),
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from.max(1),
             },
@@ -377,7 +390,7 @@ pub async fn tail(
             sequence,
             source,
         })?;
-        writeln!(out, "{}", env.to_json(sequence)).map_err(NatsError::Output)?;
+        writeln!(out, "{}", env.to_json(sequence, sequence + 1)).map_err(NatsError::Output)?;
         out.flush().map_err(NatsError::Output)?;
         printed += 1;
         if left == 0 && !follow {
@@ -436,6 +449,11 @@ mod tests {
         env.kind = Kind::Status;
         env.message_status = Some("delivered".into());
         assert_eq!(message_id(&env), "status:SM1:delivered");
-        assert_eq!(subject(Kind::Status, "support"), "sms.status.support");
+        assert_eq!(
+            subject(Kind::Status, "org-a/support"),
+            "sms.status.org-a.support"
+        );
+        assert_eq!(filter("org-a/*"), "sms.*.org-a.*");
+        assert_eq!(filter("*"), "sms.>");
     }
 }

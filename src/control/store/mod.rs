@@ -6,7 +6,7 @@
 //! threads apply them. The store knows nothing of HTTP: it answers with `ChangeError`.
 
 mod change;
-pub(crate) mod file;
+pub mod file;
 pub(crate) mod kv;
 
 pub use change::{Applied, ChangeError, Commit, Publisher, Readiness, StoreError};

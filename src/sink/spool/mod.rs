@@ -8,6 +8,7 @@
 //! stays valid across segments and restarts.
 
 mod frame;
+pub mod queues;
 mod reader;
 mod segments;
 mod writer;
@@ -37,7 +38,7 @@ pub fn tail(
     let mut printed = 0;
     loop {
         while let Some((offset, env)) = reader.next_record()? {
-            serde_json::to_writer(&mut *out, &env.to_json(offset))
+            serde_json::to_writer(&mut *out, &env.to_json(offset, reader.position()))
                 .map_err(|e| SpoolError::Output(e.into()))?;
             out.write_all(b"\n").map_err(SpoolError::Output)?;
             printed += 1;

@@ -56,10 +56,11 @@ pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 }
 
 /// Rejects queue names that would escape or confuse the spool directory.
+/// A queue is `ORG/QUEUE` (`<dir>/<org>/<queue>/`) or one plain name (a dead-letter spool).
 pub(super) fn check_queue(queue: &str) -> Result<(), SpoolError> {
-    let bad =
-        queue.is_empty() || queue == "." || queue == ".." || queue.contains(['/', '\\', '\0']);
-    if bad {
+    let parts: Vec<&str> = queue.split('/').collect();
+    let bad_part = |p: &&str| p.is_empty() || *p == "." || *p == ".." || p.contains(['\\', '\0']);
+    if parts.len() > 2 || parts.iter().any(bad_part) {
         return Err(SpoolError::BadQueue(queue.to_owned()));
     }
     Ok(())

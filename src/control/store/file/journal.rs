@@ -144,6 +144,11 @@ pub(crate) fn load(state_file: &Path) -> Result<Loaded, StateError> {
     })
 }
 
+/// The state the store would serve from `state_file` and its journal (for tools).
+pub fn state_of(state_file: &Path) -> Result<State, StateError> {
+    load(state_file).map(|loaded| loaded.state)
+}
+
 impl Journal {
     /// Whether the journal holds changes the state file lacks.
     pub(crate) fn pending(&self) -> bool {

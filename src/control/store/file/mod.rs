@@ -5,7 +5,7 @@
 //! lock, so an admin change lands on top of an unseen edit instead of overwriting it.
 
 mod edits;
-pub(crate) mod journal;
+pub mod journal;
 pub(crate) mod watch;
 
 pub(crate) use edits::ReloadError;
