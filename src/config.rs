@@ -13,6 +13,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub control: ControlConfig,
     pub sink: SinkConfig,
+    pub delivery: DeliveryConfig,
     pub dead_letters: DeadLetterConfig,
     pub queues: QueuesConfig,
     pub policy: PolicyConfig,
@@ -229,8 +230,182 @@ pub struct SinkConfig {
     pub preallocate_bytes: u64,
     /// Most envelopes made durable by one fdatasync.
     pub max_batch: usize,
+    /// Seconds a segment is kept once every route and group of its queue has passed it (a
+    /// queue with neither keeps its segments this long).
+    pub retain_secs: u64,
+    /// Bytes a queue's segments may hold on disk before its webhooks answer 503
+    /// (`queue_disk_full`) until its consumers catch up; 0 is no limit.
+    pub max_queue_bytes: u64,
+    /// Pull consumers: each commits how far it has read a queue (`spool commit`), and a
+    /// segment is kept until every group of its queue has passed it.
+    pub consumer_groups: Vec<ConsumerGroupConfig>,
     /// The JetStream sink, used when `kind = "nats"`.
     pub nats: NatsConfig,
+}
+
+/// `[[sink.consumer_groups]]`: one pull consumer of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroupConfig {
+    /// The group's name, in `spool tail --group` and `spool commit --group`.
+    pub name: String,
+    /// `ORG/QUEUE`, `ORG/*` for every queue of an org, or a plain `QUEUE` one org has.
+    pub queue: String,
+}
+
+/// `[delivery]`: push delivery of every queue's records to routing (SPEC 3b).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Each route's cursors, status and dead letters live under `<dir>/<route>/`.
+    pub dir: PathBuf,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            dir: "data/delivery".into(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `[[delivery.routes]]`: one queue's (or one org's queues') records to one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route's name: its cursor, its metrics label.
+    pub name: String,
+    /// `ORG/QUEUE`, `ORG/*` for all of an org's queues, or a plain `QUEUE` one org has.
+    pub queue: String,
+    /// The `http://` or `https://` endpoint of routing.
+    pub url: String,
+    /// A file of one Standard Webhooks secret (`whsec_…`); a second line holds the
+    /// previous one during a rotation.
+    pub secret_file: PathBuf,
+    /// One attempt's limit in milliseconds; a timeout is a failed attempt.
+    #[serde(default = "RouteConfig::default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Conversations in flight at once.
+    #[serde(default = "RouteConfig::default_concurrency")]
+    pub concurrency: usize,
+    /// Backoff between attempts of one record, from this...
+    #[serde(default = "RouteConfig::default_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// ...up to this (exponential, full jitter).
+    #[serde(default = "RouteConfig::default_retry_max_ms")]
+    pub retry_max_ms: u64,
+    /// 0: retry until it succeeds; N: after N failures the record goes to the route's
+    /// dead letters and its conversation moves on.
+    #[serde(default)]
+    pub max_attempts: u32,
+}
+
+impl RouteConfig {
+    fn default_timeout_ms() -> u64 {
+        5000
+    }
+    fn default_concurrency() -> usize {
+        16
+    }
+    fn default_retry_initial_ms() -> u64 {
+        500
+    }
+    fn default_retry_max_ms() -> u64 {
+        60_000
+    }
+
+    /// The first key that cannot work, with the fix.
+    fn problem(&self) -> Option<(&'static str, String)> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 64
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Some(("delivery.routes.name", "must be 1-64 of [a-z0-9_-]".into()));
+        }
+        if let Err(e) = QueueSelector::parse(&self.queue) {
+            return Some(("delivery.routes.queue", format!("route {}: {e}", self.name)));
+        }
+        let url_ok = (self.url.starts_with("http://") || self.url.starts_with("https://"))
+            && self
+                .url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.host().is_some());
+        if !url_ok {
+            return Some((
+                "delivery.routes.url",
+                format!(
+                    "route {}: must be an absolute http:// or https:// URL",
+                    self.name
+                ),
+            ));
+        }
+        if self.timeout_ms == 0 || self.retry_initial_ms == 0 {
+            return Some((
+                "delivery.routes.timeout_ms",
+                format!(
+                    "route {}: timeout_ms and retry_initial_ms must be at least 1",
+                    self.name
+                ),
+            ));
+        }
+        if !(1..=4096).contains(&self.concurrency) {
+            return Some((
+                "delivery.routes.concurrency",
+                format!("route {}: must be between 1 and 4096", self.name),
+            ));
+        }
+        if self.retry_max_ms < self.retry_initial_ms {
+            return Some((
+                "delivery.routes.retry_max_ms",
+                format!("route {}: must not be below retry_initial_ms", self.name),
+            ));
+        }
+        None
+    }
+}
+
+/// Which queues a route or group consumes, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueSelector {
+    /// `ORG/QUEUE`.
+    Queue { org: String, queue: String },
+    /// `ORG/*`: every queue of the org, present and future.
+    Org(String),
+    /// `QUEUE`: the one org that has it (resolved at start).
+    Plain(String),
+}
+
+impl QueueSelector {
+    /// Parses `ORG/QUEUE`, `ORG/*` or `QUEUE`.
+    pub fn parse(s: &str) -> Result<QueueSelector, String> {
+        use crate::model::state::{is_org_name, is_queue_name};
+        let bad = || format!("{s:?} is not ORG/QUEUE, ORG/* or QUEUE (names of [A-Za-z0-9_-])");
+        match s.split_once('/') {
+            None if is_queue_name(s) => Ok(QueueSelector::Plain(s.to_string())),
+            Some((org, "*")) if is_org_name(org) => Ok(QueueSelector::Org(org.to_string())),
+            Some((org, queue)) if is_org_name(org) && is_queue_name(queue) => {
+                Ok(QueueSelector::Queue {
+                    org: org.to_string(),
+                    queue: queue.to_string(),
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether the queue `org/queue` is one of those selected (a plain name is resolved first).
+    pub fn matches(&self, org: &str, queue: &str) -> bool {
+        match self {
+            QueueSelector::Queue { org: o, queue: q } => o == org && q == queue,
+            QueueSelector::Org(o) => o == org,
+            QueueSelector::Plain(_) => false,
+        }
+    }
 }
 
 /// Sink implementations.
@@ -250,6 +425,9 @@ impl Default for SinkConfig {
             segment_bytes: 64 * 1024 * 1024,
             preallocate_bytes: 8 * 1024 * 1024,
             max_batch: 1024,
+            retain_secs: 7 * 24 * 3600,
+            max_queue_bytes: 4 << 30,
+            consumer_groups: Vec::new(),
             nats: NatsConfig::default(),
         }
     }
@@ -565,6 +743,37 @@ impl Config {
         if self.control.store == StoreKind::NatsKv {
             if let Some((key, problem)) = self.control.nats_kv.problem() {
                 return invalid(key, &problem);
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in &self.delivery.routes {
+            if let Some((key, problem)) = r.problem() {
+                return invalid(key, &problem);
+            }
+            if !names.insert(&r.name) {
+                return invalid(
+                    "delivery.routes.name",
+                    &format!("{} is given twice", r.name),
+                );
+            }
+        }
+        let mut groups = std::collections::HashSet::new();
+        for g in &self.sink.consumer_groups {
+            let ok = crate::model::state::is_queue_name(&g.name);
+            if !ok {
+                return invalid("sink.consumer_groups.name", "must be 1-64 of [A-Za-z0-9_-]");
+            }
+            if let Err(e) = QueueSelector::parse(&g.queue) {
+                return invalid(
+                    "sink.consumer_groups.queue",
+                    &format!("group {}: {e}", g.name),
+                );
+            }
+            if !groups.insert((&g.name, &g.queue)) {
+                return invalid(
+                    "sink.consumer_groups",
+                    &format!("group {} is given twice", g.name),
+                );
             }
         }
         for t in &self.control.admin_tokens {

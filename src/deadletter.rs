@@ -14,14 +14,15 @@
 //! rest for the next call, at a dead letter whose number is not routed yet.
 
 use crate::config::Config;
+use crate::cursor::{Cursor, CursorError};
 use crate::dispatch::{Dispatcher, QueueHandle, SinkFactory, SubmitError};
 use crate::envelope::Envelope;
 use crate::inventory::{Inventory, Routing, Snapshot};
 use crate::sink::spool::{SpoolError, SpoolReader, SpoolWriter};
 use crate::sink::{QueueSink, SinkError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::io;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -53,18 +54,8 @@ pub enum DeadLetterError {
     },
     #[error("reading dead letters: {0}")]
     Read(#[from] SpoolError),
-    #[error("replay cursor {path}: {source}")]
-    Cursor {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("replay cursor {path} does not parse (fix or remove it by hand): {source}")]
-    CursorCorrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("replay {0}")]
+    Cursor(#[from] CursorError),
     #[error("replay stopped after {replayed} replayed and {skipped} skipped: a queue refused or failed to store a dead letter; call again")]
     Interrupted { replayed: u64, skipped: u64 },
     #[error("a blocking dead-letter task failed")]
@@ -88,54 +79,6 @@ pub(crate) struct ReplayReport {
     pub(crate) replayed: u64,
     pub(crate) skipped: u64,
     pub(crate) remaining: u64,
-}
-
-/// Replay progress: every record before `next` is handled, and so is each record starting at a
-/// key of `done` (handled past an earlier one whose queue failed), mapped to its end offset.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Cursor {
-    next: u64,
-    #[serde(default)]
-    done: BTreeMap<u64, u64>,
-}
-
-impl Cursor {
-    /// The saved cursor, or the start of the log if none was saved yet.
-    fn load(path: &Path) -> Result<Cursor, DeadLetterError> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| DeadLetterError::CursorCorrupt {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Cursor::default()),
-            Err(source) => Err(DeadLetterError::Cursor {
-                path: path.to_path_buf(),
-                source,
-            }),
-        }
-    }
-
-    /// Records handled spans (start, end) and moves `next` over every contiguous handled one.
-    fn mark(&mut self, spans: &[(u64, u64)]) {
-        self.done.extend(spans.iter().copied());
-        while let Some(end) = self.done.remove(&self.next) {
-            self.next = end;
-        }
-    }
-
-    /// Replaces the file atomically: temp file, fsync, rename, fsync of the directory.
-    fn save(&self, path: &Path) -> Result<(), DeadLetterError> {
-        let err = |source| DeadLetterError::Cursor {
-            path: path.to_path_buf(),
-            source,
-        };
-        let bytes = serde_json::to_vec(self).map_err(|e| err(e.into()))?;
-        crate::fsutil::write_atomic(path, &bytes)
-            .map(drop)
-            .map_err(err)
-    }
 }
 
 /// One dead letter read back, with the span it occupies in its log.
@@ -224,7 +167,9 @@ impl Lane {
     async fn write(&self, envelope: Envelope) -> Result<(), DeadLetterError> {
         let acked = self.queue.try_submit(envelope).map_err(|e| match e {
             SubmitError::Full => DeadLetterError::QueueFull(self.id.clone()),
-            SubmitError::Closed => DeadLetterError::NotDurable(self.id.clone()),
+            SubmitError::Closed | SubmitError::DiskFull => {
+                DeadLetterError::NotDurable(self.id.clone())
+            }
         })?;
         match acked.await {
             Ok(true) => Ok(()),
@@ -245,7 +190,7 @@ impl Lane {
         cursor.mark(spans);
         self.release(spans.len() as u64);
         let (saved, path) = (cursor.clone(), self.cursor_path.clone());
-        blocking(move || saved.save(&path)).await
+        blocking(move || Ok(saved.save(&path)?)).await
     }
 }
 
@@ -655,31 +600,6 @@ mod tests {
         );
         store_all(&dl, 6..9).await;
         assert!(dl.store(env(9)).await.is_err());
-    }
-
-    #[test]
-    fn cursor_moves_over_contiguous_spans_and_persists() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join(CURSOR_FILE);
-        assert_eq!(Cursor::load(&path).unwrap(), Cursor::default());
-        let mut c = Cursor::default();
-        c.mark(&[(20, 30), (30, 45)]);
-        assert_eq!(c.next, 0, "a gap before them keeps next");
-        c.mark(&[(0, 10)]);
-        assert_eq!((c.next, c.done.len()), (10, 2));
-        c.save(&path).unwrap();
-        assert_eq!(Cursor::load(&path).unwrap(), c);
-        c.mark(&[(10, 20)]);
-        assert_eq!((c.next, c.done.len()), (45, 0));
-        c.save(&path).unwrap();
-        assert_eq!(Cursor::load(&path).unwrap(), c);
-        assert!(!tmp.path().join("replay-cursor.json.tmp").exists());
-
-        std::fs::write(&path, b"{not json").unwrap();
-        assert!(matches!(
-            Cursor::load(&path),
-            Err(DeadLetterError::CursorCorrupt { .. })
-        ));
     }
 
     #[tokio::test]

@@ -16,13 +16,15 @@ pub(crate) struct Job {
     done: oneshot::Sender<bool>,
 }
 
-/// Why an envelope could not be handed to its queue; both answer 503.
+/// Why an envelope could not be handed to its queue; each answers 503.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     #[error("queue is full")]
     Full,
     #[error("queue worker has stopped")]
     Closed,
+    #[error("queue holds sink.max_queue_bytes on disk that its consumers have not passed")]
+    DiskFull,
 }
 
 /// The sending side of one queue, shared by every snapshot entry routed to it.
@@ -33,6 +35,8 @@ pub(crate) struct QueueHandle {
     queue: Arc<str>,
     tx: Sender<Job>,
     healthy: Arc<AtomicBool>,
+    /// Set while the queue is over its disk bound (spool only).
+    disk_full: Option<Arc<AtomicBool>>,
     /// Registered once, so submitting costs no metric lookup.
     enqueued: metrics::Counter,
 }
@@ -56,6 +60,13 @@ impl QueueHandle {
         &self,
         envelope: Envelope,
     ) -> Result<oneshot::Receiver<bool>, SubmitError> {
+        if self
+            .disk_full
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(SubmitError::DiskFull);
+        }
         let (done, rx) = oneshot::channel();
         match self.tx.try_send(Job { envelope, done }) {
             Ok(()) => {
@@ -123,6 +134,7 @@ impl Dispatcher {
             queue: Arc::from(name.rsplit('/').next().unwrap_or(name)),
             tx,
             healthy: healthy.clone(),
+            disk_full: sink.full_flag(),
             enqueued: metrics::counter!("sms_ingress_enqueued_total", "queue" => name.to_string()),
         });
         let worker = Worker {

@@ -40,6 +40,8 @@ pub mod model;
 pub(crate) mod accept;
 pub(crate) mod background;
 pub mod config;
+pub(crate) mod cursor;
+pub mod delivery;
 pub(crate) mod fsutil;
 pub mod nats;
 pub mod percent;

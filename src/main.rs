@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// Push delivery to routing: its state, and replay of its dead letters.
+    Delivery {
+        #[command(subcommand)]
+        command: DeliveryCommand,
+    },
     /// Read a queue from the NATS sink's JetStream stream.
     Nats {
         #[command(subcommand)]
@@ -80,6 +85,47 @@ enum SpoolCommand {
         /// Spool directory; defaults to the config's sink.dir.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Start at this consumer group's committed offset (instead of --from).
+        #[arg(long, conflicts_with = "from")]
+        group: Option<String>,
+    },
+    /// Commit (durably) that a consumer group has every record of a queue before OFFSET.
+    Commit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue: ORG/QUEUE, or QUEUE when one org has a queue of that name.
+        #[arg(long)]
+        queue: String,
+        /// The group (one of sink.consumer_groups).
+        #[arg(long)]
+        group: String,
+        /// A record boundary: a line's `next_offset` (or `offset`).
+        #[arg(long)]
+        offset: u64,
+        /// Spool directory; defaults to the config's sink.dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeliveryCommand {
+    /// Per route and queue: the cursor, the lag in records and seconds, what is in flight,
+    /// the dead letters and the last error.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per route instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delivers a route's dead letters again, each at most once over all replays.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The route (a delivery.routes name).
+        #[arg(long)]
+        route: String,
     },
 }
 
@@ -173,16 +219,64 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     follow,
                     from,
                     dir,
+                    group,
                 },
         } => {
-            let dir = match dir {
-                Some(d) => d,
-                None => Config::load(&config.config)?.sink.dir,
-            };
+            let dir = spool_dir(dir, &config)?;
             let queue = sms_ingress::sink::spool::queues::resolve(&dir, &queue)?;
+            let from = match group {
+                Some(g) => sms_ingress::sink::spool::groups::committed(&dir, &queue, &g)?,
+                None => from,
+            };
             let mut out = std::io::stdout().lock();
             sms_ingress::sink::spool::tail(&dir, &queue, from, follow, &mut out)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Spool {
+            command:
+                SpoolCommand::Commit {
+                    config,
+                    queue,
+                    group,
+                    offset,
+                    dir,
+                },
+        } => {
+            let dir = spool_dir(dir, &config)?;
+            let queue = sms_ingress::sink::spool::queues::resolve(&dir, &queue)?;
+            sms_ingress::sink::spool::groups::commit(&dir, &queue, &group, offset)?;
+            println!("group {group} committed {queue} up to offset {offset}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delivery {
+            command: DeliveryCommand::Status { config, json },
+        } => {
+            let cfg = Config::load(&config.config)?;
+            let reports = sms_ingress::delivery::replay::status(&cfg)?;
+            if json {
+                for r in &reports {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                print!("{}", sms_ingress::delivery::replay::render(&reports));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delivery {
+            command: DeliveryCommand::Replay { config, route },
+        } => {
+            let cfg = Config::load(&config.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(sms_ingress::delivery::replay::replay(&cfg, &route))?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Nats {
             command:
@@ -210,6 +304,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Signature { command } => signature_tool(command),
     }
+}
+
+/// `--dir`, else the config's `sink.dir`.
+fn spool_dir(dir: Option<PathBuf>, config: &ConfigArg) -> anyhow::Result<PathBuf> {
+    Ok(match dir {
+        Some(d) => d,
+        None => Config::load(&config.config)?.sink.dir,
+    })
 }
 
 /// `ORG/QUEUE` as given, or a plain `QUEUE` resolved to the one org of the state file whose

@@ -1,12 +1,14 @@
 //! Start-up: wires config, master key, sinks, inventory, control plane and listeners
 //! together, in the order that makes `/readyz` truthful.
 
+use crate::config::QueueSelector;
 use crate::config::{Config, SinkKind, StoreKind};
 use crate::control::admin::{self, AdminApi};
 use crate::control::audit::AuditLog;
 use crate::control::store::kv::backend::KvBackend;
 use crate::control::store::{ControlStore, Publisher};
 use crate::deadletter::DeadLetters;
+use crate::delivery::Delivery;
 use crate::dispatch::{Dispatcher, SinkFactory, SinkProbe};
 use crate::inventory::{Inventory, Snapshot};
 use crate::model::crypto::MasterKey;
@@ -15,6 +17,8 @@ use crate::policy::Dedup;
 use crate::shutdown::terminate_requested;
 use crate::signature::PublicUrl;
 use crate::sink::nats::NatsConnection;
+use crate::sink::spool::feed::Feed;
+use crate::sink::spool::retention::{Positions, Spools};
 use crate::sink::spool::{self, SpoolWriter};
 use crate::sink::QueueSink;
 use crate::telemetry::LogReload;
@@ -24,20 +28,73 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Opens each queue's spool log (recovering a torn tail) the first time a snapshot routes to it.
-fn spool_factory(cfg: &Config) -> SinkFactory {
+/// Opens each queue's spool log (recovering a torn tail) the first time a snapshot routes
+/// to it, with its feed: registered for retention, and handed to the routes that deliver it.
+fn spool_factory(
+    cfg: &Config,
+    delivery: Option<Arc<Delivery>>,
+    spools: Arc<Spools>,
+) -> SinkFactory {
     let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
-    let preallocate = cfg.sink.preallocate_bytes;
+    let (preallocate, max_bytes) = (cfg.sink.preallocate_bytes, cfg.sink.max_queue_bytes);
     Box::new(move |queue: &str| {
         let writer = SpoolWriter::open(&dir, queue, segment_bytes)?.with_preallocation(preallocate);
-        Ok(Box::new(writer) as Box<dyn QueueSink>)
+        let feed = Arc::new(Feed::new(
+            writer.next_offset(),
+            writer.disk_bytes()?,
+            max_bytes,
+        ));
+        spools.add(queue, feed.clone());
+        if let Some(delivery) = &delivery {
+            delivery.attach(queue, &feed);
+        }
+        Ok(Box::new(writer.with_feed(feed)) as Box<dyn QueueSink>)
     })
 }
 
+/// Where every queue's consumers are, for retention: its routes' saved cursors and its
+/// consumer groups' committed offsets.
+fn positions(cfg: &Config, delivery: Option<Arc<Delivery>>) -> anyhow::Result<Positions> {
+    let mut groups = Vec::new();
+    for g in &cfg.sink.consumer_groups {
+        let selector = QueueSelector::parse(&g.queue).expect("validated at load");
+        let selector = match selector {
+            QueueSelector::Plain(name) => {
+                let full = spool::queues::resolve(&cfg.sink.dir, &name)
+                    .with_context(|| format!("sink.consumer_groups {}: queue", g.name))?;
+                QueueSelector::parse(&full).expect("resolved names parse")
+            }
+            s => s,
+        };
+        groups.push((g.name.clone(), selector));
+    }
+    let dir = cfg.sink.dir.clone();
+    Ok(Arc::new(move |queue: &str| {
+        let mut at = delivery
+            .as_ref()
+            .map(|d| d.positions(queue))
+            .unwrap_or_default();
+        let Some((org, name)) = queue.split_once('/') else {
+            return at;
+        };
+        for (group, selector) in &groups {
+            if selector.matches(org, name) {
+                // An unreadable offset keeps everything (0), never deletes what a group needs.
+                at.push(spool::groups::committed(&dir, queue, group).unwrap_or(0));
+            }
+        }
+        at
+    }))
+}
+
 /// The configured sink: its per-queue factory, and a readiness probe for sinks reached over the network.
-async fn sink_factory(cfg: &Config) -> anyhow::Result<(SinkFactory, Option<SinkProbe>)> {
+async fn sink_factory(
+    cfg: &Config,
+    delivery: Option<Arc<Delivery>>,
+    spools: Arc<Spools>,
+) -> anyhow::Result<(SinkFactory, Option<SinkProbe>)> {
     match cfg.sink.kind {
-        SinkKind::Spool => Ok((spool_factory(cfg), None)),
+        SinkKind::Spool => Ok((spool_factory(cfg, delivery, spools), None)),
         SinkKind::Nats => {
             let conn = NatsConnection::connect(&cfg.sink.nats).await?;
             conn.ensure_stream(&cfg.sink.nats).await?;
@@ -143,7 +200,21 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let region = cfg.region();
     let public_url = PublicUrl::parse(&cfg.server.public_url).context("server.public_url")?;
     let inventory = Arc::new(Inventory::default());
-    let (factory, probe) = sink_factory(&cfg).await?;
+    let delivery = Delivery::from_config(&cfg)?;
+    anyhow::ensure!(
+        delivery.is_none() || cfg.sink.kind == SinkKind::Spool,
+        "delivery.routes: push delivery reads the spool; with sink.kind = \"nats\" consume the stream instead (docs/FLEET.md)"
+    );
+    let spools = Arc::new(Spools::default());
+    let (factory, probe) = sink_factory(&cfg, delivery.clone(), spools.clone()).await?;
+    if cfg.sink.kind == SinkKind::Spool {
+        tokio::spawn(spool::retention::run(
+            spools,
+            cfg.sink.dir.clone(),
+            cfg.sink.retain_secs,
+            positions(&cfg, delivery)?,
+        ));
+    }
     let mut dispatcher = Dispatcher::new(factory, cfg.queues.capacity, cfg.sink.max_batch);
     if let Some(probe) = probe {
         dispatcher = dispatcher.with_probe(probe);

@@ -268,6 +268,7 @@ impl Webhook {
         let acked = match entry.queue.try_submit(envelope) {
             Ok(rx) => rx,
             Err(SubmitError::Full) => return Outcome::Unavailable("queue_full"),
+            Err(SubmitError::DiskFull) => return Outcome::Unavailable("queue_disk_full"),
             Err(SubmitError::Closed) => return Outcome::Unavailable("sink_unavailable"),
         };
         if acked.await != Ok(true) {

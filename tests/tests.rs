@@ -9,6 +9,7 @@ mod authz_matrix;
 mod control_file;
 mod crash;
 mod dead_letters;
+mod delivery;
 mod disk_faults;
 mod fleet_kv;
 mod fleet_throughput;

@@ -447,7 +447,7 @@ impl TwilioClient {
             .http
             .request(req)
             .await
-            .map_err(|e| VendorError::Unreachable(error_chain(&e)))?;
+            .map_err(|e| VendorError::Unreachable(crate::telemetry::error_chain(&e)))?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()
@@ -456,18 +456,6 @@ impl TwilioClient {
             .to_bytes();
         Ok((status, body))
     }
-}
-
-/// An error and its causes on one line (hyper's top-level message alone says little).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// Whether Twilio will deliver this sender's inbound messages to `expected`: a

@@ -36,4 +36,10 @@ pub trait QueueSink: Send {
     fn check(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Set while the queue is over its disk bound: its webhooks answer 503 before they are
+    /// queued (only the spool has one).
+    fn full_flag(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod fake_twilio;
 pub mod fixtures;
+pub mod receiver;
 
 pub use fake_twilio::FakeTwilio;
 pub use fixtures::NullSink;

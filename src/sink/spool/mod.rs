@@ -7,9 +7,12 @@
 //! An offset is a byte position in the queue's whole log (segment base + position), so it
 //! stays valid across segments and restarts.
 
+pub mod feed;
 mod frame;
+pub mod groups;
 pub mod queues;
 mod reader;
+pub mod retention;
 mod segments;
 mod writer;
 

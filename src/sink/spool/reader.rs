@@ -53,6 +53,20 @@ impl SpoolReader {
         self.seg = None;
     }
 
+    /// The offset of the log's first record still on disk (retention deletes from the front).
+    pub fn start(&self) -> Result<u64, SpoolError> {
+        Ok(list_segments(&self.qdir)?.first().copied().unwrap_or(0))
+    }
+
+    /// The end of the log's last segment (what is written, durable or about to be).
+    pub fn end(&self) -> Result<u64, SpoolError> {
+        let Some(&base) = list_segments(&self.qdir)?.last() else {
+            return Ok(0);
+        };
+        let path = segment_path(&self.qdir, base);
+        Ok(base + std::fs::metadata(&path).map_err(io_at(&path))?.len())
+    }
+
     /// Where the next record starts: right after the last one returned (its end offset).
     pub fn position(&self) -> u64 {
         self.offset

@@ -2,6 +2,7 @@
 //! is one `write` and one `fdatasync` (group commit); on failure the segment is cut back to
 //! before the batch. Opening recovers a torn tail left by a crash.
 
+use super::feed::{Feed, Record};
 use super::frame::{
     frame_payload_in_place, good_frame_follows, read_frame_at, FrameAt, FRAME_HEADER_BYTES,
 };
@@ -15,6 +16,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Appends batches to one queue's log; owned by that queue's single sink worker.
@@ -33,6 +35,10 @@ pub struct SpoolWriter {
     /// End of the current segment's blocks known to be reserved.
     reserved: u64,
     buf: Vec<u8>,
+    /// Where each frame of the encoded batch starts in `buf`.
+    starts: Vec<usize>,
+    /// The queue's feed to this process's consumers, if any.
+    feed: Option<Arc<Feed>>,
     #[cfg(test)]
     recovered_torn_bytes: u64,
     batch_size: metrics::Histogram,
@@ -76,6 +82,8 @@ impl SpoolWriter {
             preallocate: 0,
             reserved: len,
             buf: Vec::new(),
+            starts: Vec::new(),
+            feed: None,
             #[cfg(test)]
             recovered_torn_bytes: torn,
             batch_size: metrics::histogram!("sms_ingress_sink_batch_size", "queue" => queue.to_owned()),
@@ -92,6 +100,22 @@ impl SpoolWriter {
         self
     }
 
+    /// Tells this feed about every durable batch from now on.
+    pub(crate) fn with_feed(mut self, feed: Arc<Feed>) -> SpoolWriter {
+        self.feed = Some(feed);
+        self
+    }
+
+    /// The bytes of the queue's segments on disk.
+    pub(crate) fn disk_bytes(&self) -> Result<u64, SpoolError> {
+        let mut total = 0;
+        for base in list_segments(&self.qdir)? {
+            let path = segment_path(&self.qdir, base);
+            total += std::fs::metadata(&path).map_err(io_at(&path))?.len();
+        }
+        Ok(total)
+    }
+
     /// Bytes cut from the tail at open, so that start-up can report a crash's damage.
     #[cfg(test)]
     pub(crate) fn recovered_torn_bytes(&self) -> u64 {
@@ -106,8 +130,10 @@ impl SpoolWriter {
     /// Encodes the batch into `self.buf` as consecutive frames.
     fn encode_batch(&mut self, batch: &[&Envelope]) -> Result<(), SpoolError> {
         self.buf.clear();
+        self.starts.clear();
         for env in batch {
             let start = self.buf.len();
+            self.starts.push(start);
             self.buf.resize(start + FRAME_HEADER_BYTES as usize, 0);
             env.encode(&mut self.buf);
             frame_payload_in_place(&mut self.buf, start)?;
@@ -221,6 +247,30 @@ impl SpoolWriter {
     }
 }
 
+impl SpoolWriter {
+    /// Tells the feed that the batch just written is durable, with its records if anyone
+    /// listens (only then are the envelopes copied).
+    fn feed_batch(&self, batch: &[&Envelope]) {
+        let Some(feed) = &self.feed else { return };
+        let end = self.next_offset();
+        let first = end - self.buf.len() as u64;
+        feed.resize(self.buf.len() as u64, 0);
+        let records = feed.has_consumers().then(|| {
+            let ends = self.starts.iter().skip(1).copied().chain([self.buf.len()]);
+            batch
+                .iter()
+                .zip(self.starts.iter().zip(ends))
+                .map(|(env, (start, stop))| Record {
+                    offset: first + *start as u64,
+                    next_offset: first + stop as u64,
+                    envelope: Arc::new((*env).clone()),
+                })
+                .collect::<Arc<[Record]>>()
+        });
+        feed.publish(end, records);
+    }
+}
+
 impl QueueSink for SpoolWriter {
     /// Appends every frame with one write and one `fdatasync`; on failure nothing is acknowledged.
     fn write_batch(&mut self, batch: &[&Envelope]) -> Result<(), SinkError> {
@@ -233,7 +283,12 @@ impl QueueSink for SpoolWriter {
         self.write_encoded()?;
         self.batch_size.record(batch.len() as f64);
         self.flush_seconds.record(started.elapsed().as_secs_f64());
+        self.feed_batch(batch);
         Ok(())
+    }
+
+    fn full_flag(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.feed.as_ref().map(|f| f.full_flag())
     }
 
     /// Clears a failed batch's leftovers and proves the disk takes a synced write again

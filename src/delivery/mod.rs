@@ -1,0 +1,182 @@
+//! Delivery to routing (SPEC 3b): every durable record of a queue pushed to the endpoint
+//! of each route of that queue — signed (Standard Webhooks), in order per conversation,
+//! retried with backoff, its cursor durable after the 2xx, dead-lettered after
+//! `max_attempts`. A route is one `Route` (endpoint, secrets, policy, dead letters) and one
+//! worker per queue it selects, started when the queue's spool opens. Ingestion never
+//! waits for routing: the spool absorbs an outage.
+
+pub(crate) mod backoff;
+pub(crate) mod client;
+pub mod replay;
+pub(crate) mod route;
+pub(crate) mod schedule;
+pub(crate) mod sign;
+pub(crate) mod source;
+pub mod status;
+
+use crate::config::{Config, QueueSelector, RouteConfig};
+use crate::sink::spool::feed::Feed;
+use crate::sink::spool::queues::{self, QueueNameError};
+use crate::sink::spool::{SpoolError, SpoolWriter};
+use route::Route;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why the delivery routes could not start; each names its route and key.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("delivery.routes {route}: secret_file {source}")]
+    Secret {
+        route: String,
+        #[source]
+        source: sign::SecretError,
+    },
+    #[error("delivery.routes {route}: url: {why}")]
+    Url { route: String, why: String },
+    #[error("delivery.routes {route}: dead letters: {source}")]
+    DeadLetters {
+        route: String,
+        #[source]
+        source: SpoolError,
+    },
+    #[error("delivery.routes {route}: queue: {source}")]
+    Queue {
+        route: String,
+        #[source]
+        source: QueueNameError,
+    },
+}
+
+/// The routes of this process, and the workers started for them.
+pub struct Delivery {
+    routes: Vec<(QueueSelector, Arc<Route>)>,
+    spool_dir: PathBuf,
+    handle: tokio::runtime::Handle,
+    started: Mutex<HashSet<(Arc<str>, String)>>,
+}
+
+/// A plain `QUEUE` as the one org of the spool that has it.
+fn resolved(selector: QueueSelector, spool_dir: &Path) -> Result<QueueSelector, QueueNameError> {
+    let QueueSelector::Plain(name) = selector else {
+        return Ok(selector);
+    };
+    let full = queues::resolve(spool_dir, &name)?;
+    Ok(QueueSelector::parse(&full).unwrap_or(QueueSelector::Plain(name)))
+}
+
+/// One configured route, ready to start workers.
+/// The spool of a route's dead letters, under `<delivery.dir>/<route>/`.
+pub(crate) const DEAD_LETTERS: &str = "dead-letters";
+
+/// One configured route, ready to deliver; the server writes its dead letters, a tool
+/// (`delivery replay`) only reads them.
+pub(crate) fn open_route(
+    r: &RouteConfig,
+    delivery_dir: &Path,
+    with_dead_letters: bool,
+) -> Result<Route, DeliveryError> {
+    let secrets = sign::Secrets::load(&r.secret_file).map_err(|source| DeliveryError::Secret {
+        route: r.name.clone(),
+        source,
+    })?;
+    let url_err = |why: String| DeliveryError::Url {
+        route: r.name.clone(),
+        why,
+    };
+    let url: http::Uri = r
+        .url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| url_err(e.to_string()))?;
+    let sender = client::Sender::new(url, Duration::from_millis(r.timeout_ms), r.concurrency)
+        .map_err(url_err)?;
+    let dir = delivery_dir.join(&r.name);
+    let dead_letters = match with_dead_letters {
+        false => None,
+        true => Some(
+            SpoolWriter::open(&dir, DEAD_LETTERS, 64 << 20).map_err(|source| {
+                DeliveryError::DeadLetters {
+                    route: r.name.clone(),
+                    source,
+                }
+            })?,
+        ),
+    };
+    Ok(Route::new(
+        &r.name,
+        secrets,
+        sender,
+        r.concurrency,
+        Duration::from_millis(r.retry_initial_ms),
+        Duration::from_millis(r.retry_max_ms),
+        r.max_attempts,
+        dead_letters,
+        dir,
+    ))
+}
+
+impl Delivery {
+    /// The configured routes (secrets read, clients built, dead-letter spools opened);
+    /// `None` when there are none. Workers start as the queues' spools open (`attach`).
+    pub fn from_config(cfg: &Config) -> Result<Option<Arc<Delivery>>, DeliveryError> {
+        if cfg.delivery.routes.is_empty() {
+            return Ok(None);
+        }
+        let mut routes = Vec::new();
+        for r in &cfg.delivery.routes {
+            let selector = QueueSelector::parse(&r.queue).expect("validated at load");
+            let selector =
+                resolved(selector, &cfg.sink.dir).map_err(|source| DeliveryError::Queue {
+                    route: r.name.clone(),
+                    source,
+                })?;
+            routes.push((selector, Arc::new(open_route(r, &cfg.delivery.dir, true)?)));
+        }
+        Ok(Some(Arc::new(Delivery {
+            routes,
+            spool_dir: cfg.sink.dir.clone(),
+            handle: tokio::runtime::Handle::current(),
+            started: Mutex::default(),
+        })))
+    }
+
+    /// A queue's spool is open (`ORG/QUEUE`): every route that selects it starts delivering
+    /// it from its cursor, fed by `feed`.
+    pub fn attach(&self, queue: &str, feed: &Arc<Feed>) {
+        let Some((org, name)) = queue.split_once('/') else {
+            return;
+        };
+        for (selector, route) in &self.routes {
+            if !selector.matches(org, name) {
+                continue;
+            }
+            let fresh = self
+                .started
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((route.name.clone(), queue.to_string()));
+            if fresh {
+                self.handle.spawn(route::run(
+                    route.clone(),
+                    self.spool_dir.clone(),
+                    queue.to_string(),
+                    feed.clone(),
+                ));
+            }
+        }
+    }
+
+    /// The positions every route has delivered `queue` up to (for retention).
+    pub fn positions(&self, queue: &str) -> Vec<u64> {
+        self.routes
+            .iter()
+            .filter(|(s, _)| {
+                queue
+                    .split_once('/')
+                    .is_some_and(|(org, name)| s.matches(org, name))
+            })
+            .map(|(_, r)| r.state.cursor_of(queue))
+            .collect()
+    }
+}
