@@ -407,6 +407,10 @@ fn apply_reload(r: &mut Reload, new: Config) {
             "dead_letters",
             format!("{:?}", new.dead_letters) != format!("{:?}", r.running.dead_letters),
         ),
+        (
+            "delivery",
+            format!("{:?}", new.delivery) != format!("{:?}", r.running.delivery),
+        ),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -481,6 +485,10 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
     if let (Some(cert), Some(tls_key)) = (&cfg.server.tls_cert, &cfg.server.tls_key) {
         crate::listener::tls_acceptor(cert, tls_key)?;
     }
+    for route in &cfg.delivery.routes {
+        crate::delivery::sign::Secrets::load(&route.secret_file)
+            .with_context(|| format!("delivery.routes {}: secret_file", route.name))?;
+    }
     let sink = match cfg.sink.kind {
         SinkKind::Spool => format!("spool sink at {}", cfg.sink.dir.display()),
         SinkKind::Nats => format!(
@@ -490,11 +498,12 @@ pub fn check(cfg: &Config) -> anyhow::Result<String> {
         ),
     };
     Ok(format!(
-        "config OK: region {} ({}), {} integrations, {} numbers{control}, {} admin tokens, {sink}",
+        "config OK: region {} ({}), {} integrations, {} numbers{control}, {} admin tokens, {sink}, {} delivery routes",
         cfg.region().name,
         cfg.region().webhook_url(),
         state.integrations.len(),
         state.numbers.len(),
         cfg.control.admin_tokens.len(),
+        cfg.delivery.routes.len(),
     ))
 }

@@ -10,7 +10,7 @@ pub(crate) mod client;
 pub mod replay;
 pub(crate) mod route;
 pub(crate) mod schedule;
-pub(crate) mod sign;
+pub mod sign;
 pub(crate) mod source;
 pub mod status;
 
