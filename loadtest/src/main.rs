@@ -1,5 +1,5 @@
 //! The `sms-loadtest` command line: `setup`, `run`, `verify`, `baseline-server`, `ratio`,
-//! `fake-twilio`. Each subcommand is a thin shell over the library's modules (`fake-twilio`
+//! `fake-twilio`, `sink-server`. Each subcommand is a thin shell over the library's modules (`fake-twilio`
 //! over the test kit's `FakeTwilio`, its flags in `fake.rs`).
 
 mod fake;
@@ -43,6 +43,37 @@ enum Cmd {
     /// An in-memory Twilio REST API seeded from flags, for vendor checks without Twilio
     /// (docs/ADMIN.md); runs until Ctrl-C.
     FakeTwilio(fake::FakeTwilioArgs),
+    /// A routing endpoint for delivery routes: verifies each delivery's Standard Webhooks
+    /// signature, can fail a share of first attempts or add latency, and logs what it
+    /// accepted (for `verify --delivered` and `run --delivered`); runs until Ctrl-C.
+    SinkServer(SinkServerArgs),
+}
+
+#[derive(Args)]
+struct SinkServerArgs {
+    /// Address to listen on (port 0 picks one; the URL to configure is printed).
+    #[arg(long, default_value = "127.0.0.1:18090")]
+    listen: std::net::SocketAddr,
+    /// The route's secret file (whsec_…, one or two lines).
+    #[arg(long)]
+    secret_file: PathBuf,
+    /// Append every accepted delivery here as NDJSON.
+    #[arg(long, default_value = "data/loadtest/delivered.ndjson")]
+    out: PathBuf,
+    /// Share of first attempts (per webhook-id) answered 503.
+    #[arg(long, default_value_t = 0.0)]
+    fail_first: f64,
+    /// Share of first attempts held --hold-ms and then answered 503 (the route times out).
+    #[arg(long, default_value_t = 0.0)]
+    hold_first: f64,
+    #[arg(long, default_value_t = 10_000)]
+    hold_ms: u64,
+    /// Milliseconds added to every answer.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -138,6 +169,12 @@ struct RunArgs {
     /// Name in the report.
     #[arg(long, default_value = "sms-ingress")]
     label: String,
+    /// The sink-server's log: after the run, wait for every acked message to be delivered
+    /// (at most --delivery-wait seconds), then report end-to-end latency percentiles.
+    #[arg(long)]
+    delivered: Option<PathBuf>,
+    #[arg(long, default_value_t = 60.0)]
+    delivery_wait: f64,
 }
 
 #[derive(Args)]
@@ -154,6 +191,10 @@ struct VerifyArgs {
     /// Read the JetStream stream of this sms-ingress config (`sink.kind = "nats"`) instead of a spool.
     #[arg(long)]
     nats_config: Option<PathBuf>,
+    /// Also check the sink-server's log: every acked message delivered at least once,
+    /// conversation order kept; prints end-to-end latency percentiles.
+    #[arg(long)]
+    delivered: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -206,6 +247,7 @@ fn real_main() -> Result<ExitCode> {
             runtime(2)?.block_on(fake::run(a))?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::SinkServer(a) => runtime(a.threads)?.block_on(sink_server(a)),
     }
 }
 
@@ -341,12 +383,24 @@ async fn run(a: RunArgs) -> Result<ExitCode> {
             &format!("{} latency by percentile", a.label),
         )?;
     }
+    let delivery = match &a.delivered {
+        Some(path) => Some(wait_delivered(path, &acked_path, a.delivery_wait).await?),
+        None => None,
+    };
     if a.load.json {
         let mut v = serde_json::to_value(&summary)?;
         v["acked"] = result.acked.len().into();
         v["acked_file"] = acked_path.display().to_string().into();
+        if let Some(d) = &delivery {
+            v["delivery"] = serde_json::json!({"lost": d.lost, "out_of_order": d.out_of_order,
+                "delivered": d.delivered, "e2e_ms": {"p50": d.latency_ms[0], "p90": d.latency_ms[1],
+                "p99": d.latency_ms[2], "max": d.latency_ms[3]}});
+        }
         println!("{v}");
     } else {
+        if let Some(d) = &delivery {
+            println!("{}", d.line());
+        }
         print!("{}", report::table(std::slice::from_ref(&summary)));
         println!(
             "acked {} keys -> {}",
@@ -354,6 +408,58 @@ async fn run(a: RunArgs) -> Result<ExitCode> {
             acked_path.display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits (bounded) until the delivered log holds every acked key, then checks it.
+async fn wait_delivered(
+    path: &Path,
+    acked: &Path,
+    wait: f64,
+) -> Result<sms_loadtest::delivered::Delivery> {
+    let acked = verify::read_acked(acked)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(wait.max(0.0));
+    loop {
+        let d = sms_loadtest::delivered::check(&acked, path)?;
+        if d.lost == 0 || std::time::Instant::now() >= deadline {
+            return Ok(d);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `sink-server`: the test kit's receiver on `--listen`, logging to `--out`.
+async fn sink_server(a: SinkServerArgs) -> Result<ExitCode> {
+    use std::sync::atomic::Ordering;
+    let secrets = std::fs::read_to_string(&a.secret_file)
+        .with_context(|| format!("reading {}", a.secret_file.display()))?;
+    if let Some(dir) = a.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let rx = sms_ingress_testkit::receiver::Receiver::new(&secrets, Some(&a.out))
+        .with_context(|| format!("{}: no whsec_ secret", a.secret_file.display()))?;
+    let per_mille = |share: f64| (share.clamp(0.0, 1.0) * 1000.0).round() as u64;
+    let b = &rx.behaviour;
+    b.fail_first_per_mille
+        .store(per_mille(a.fail_first), Ordering::SeqCst);
+    b.hold_first_per_mille
+        .store(per_mille(a.hold_first), Ordering::SeqCst);
+    b.hold_ms.store(a.hold_ms, Ordering::SeqCst);
+    b.latency_ms.store(a.latency_ms, Ordering::SeqCst);
+    let addr = rx.start(a.listen).await?;
+    println!(
+        "sink-server listening: url = \"http://{addr}/sms\"  (log: {})",
+        a.out.display()
+    );
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tokio::signal::ctrl_c().await?;
+    eprintln!(
+        "sink-server: {} requests, {} delivered, {} bad signatures",
+        rx.requests(),
+        rx.accepted(),
+        rx.bad_signatures()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -391,7 +497,18 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
     for k in &v.duplicated_examples {
         println!("duplicated: {k}");
     }
-    Ok(if v.ok() {
+    let delivered_ok = match &a.delivered {
+        Some(path) => {
+            let d = sms_loadtest::delivered::check(&verify::read_acked(&acked)?, path)?;
+            println!("{}", d.line());
+            for k in &d.lost_examples {
+                println!("undelivered: {k}");
+            }
+            d.ok()
+        }
+        None => true,
+    };
+    Ok(if v.ok() && delivered_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -1,6 +1,8 @@
 //! Smoke test of the whole harness against the real service: start `sms-ingress serve` on
 //! ephemeral loopback ports, then `sms-loadtest setup`, a few seconds of `run` (HTTP/1.1
-//! closed loop with every fault share, h2 open loop), and `verify` — bounded in time.
+//! closed loop with every fault share, h2 open loop), and `verify` — bounded in time; and
+//! delivery through `sms-loadtest sink-server` failing a share of first attempts, checked
+//! with `run --delivered` and `verify --delivered`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ impl Drop for Server {
     }
 }
 
-fn write_config(dir: &Path) -> PathBuf {
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let key = sms_ingress::model::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
     let hash = ring_sha256(ADMIN_TOKEN);
@@ -65,6 +67,7 @@ dir = "{d}/dead-letters"
 [log]
 format = "json"
 level = "info"
+{extra}
 "#,
         d = dir.display()
     );
@@ -153,7 +156,7 @@ fn json_of(out: &Output) -> serde_json::Value {
 #[test]
 fn setup_run_verify_against_the_real_service() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), "");
     let (_server, addr) = start(&config);
     let (plan, acked) = (dir.path().join("plan.json"), dir.path().join("acked.txt"));
     let (plan_s, acked_s) = (plan.to_str().unwrap(), acked.to_str().unwrap());
@@ -297,4 +300,107 @@ fn setup_run_verify_against_the_real_service() {
     let out = loadtest(&["verify", "--plan", plan_s, "--acked", acked_s]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("lost=1 duplicated=0"));
+}
+
+/// Starts `sms-loadtest sink-server` and returns it with the URL it printed.
+fn sink_server(secret_file: &Path, out: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-loadtest"))
+        .args([
+            "sink-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--fail-first",
+            "0.3",
+            "--secret-file",
+        ])
+        .arg(secret_file)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start sink-server");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line.split('"').nth(1).expect("url = \"...\"").to_string();
+    (server, url)
+}
+
+#[test]
+fn delivery_through_the_sink_server_loses_nothing_and_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = sms_ingress_testkit::receiver::new_secret();
+    let secret_file = dir.path().join("route.whsec");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let delivered = dir.path().join("delivered.ndjson");
+    let (_sink, url) = sink_server(&secret_file, &delivered);
+    let route = format!(
+        "[delivery]\ndir = \"{d}/delivery\"\n[[delivery.routes]]\nname = \"routing\"\nqueue = \"smoke-org/*\"\nurl = \"{url}\"\nsecret_file = \"{s}\"\nretry_initial_ms = 20\nretry_max_ms = 200\n",
+        d = dir.path().display(),
+        s = secret_file.display()
+    );
+    let config = write_config(dir.path(), &route);
+    let (_server, addr) = start(&config);
+    let (plan, acked) = (dir.path().join("plan.json"), dir.path().join("acked.txt"));
+    let (plan_s, acked_s) = (plan.to_str().unwrap(), acked.to_str().unwrap());
+    let out = loadtest(&[
+        "setup",
+        "--config",
+        config.to_str().unwrap(),
+        "--numbers",
+        "20",
+        "--queues",
+        "2",
+        "--plan",
+        plan_s,
+    ]);
+    assert!(out.status.success(), "setup failed");
+    let out = loadtest(&[
+        "run",
+        "--plan",
+        plan_s,
+        "--target",
+        &addr,
+        "--acked",
+        acked_s,
+        "--json",
+        "--quiet",
+        "--connections",
+        "4",
+        "--duration",
+        "2",
+        "--delivered",
+        delivered.to_str().unwrap(),
+        "--delivery-wait",
+        "30",
+    ]);
+    let v = json_of(&out);
+    assert_eq!(v["delivery"]["lost"], 0, "{v}");
+    assert_eq!(v["delivery"]["out_of_order"], 0, "{v}");
+    assert!(v["delivery"]["e2e_ms"]["p99"].as_u64().unwrap() > 0, "{v}");
+    let out = loadtest(&[
+        "verify",
+        "--plan",
+        plan_s,
+        "--acked",
+        acked_s,
+        "--delivered",
+        delivered.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("delivered: lost=0 out_of_order=0"), "{text}");
+    // A planted loss is caught.
+    std::fs::write(&acked, "SM00000000000000000000000000000000\n").unwrap();
+    let out = loadtest(&[
+        "verify",
+        "--plan",
+        plan_s,
+        "--acked",
+        acked_s,
+        "--delivered",
+        delivered.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
 }
