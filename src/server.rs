@@ -98,6 +98,9 @@ async fn sink_factory(
         SinkKind::Nats => {
             let conn = NatsConnection::connect(&cfg.sink.nats).await?;
             conn.ensure_stream(&cfg.sink.nats).await?;
+            if let Some(delivery) = &delivery {
+                delivery.start_nats(conn.jetstream(), &cfg.sink.nats.stream);
+            }
             let probe_conn = conn.clone();
             let probe: SinkProbe = Arc::new(move || probe_conn.is_connected());
             let factory: SinkFactory = Box::new(move |queue: &str| {
@@ -201,10 +204,6 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let public_url = PublicUrl::parse(&cfg.server.public_url).context("server.public_url")?;
     let inventory = Arc::new(Inventory::default());
     let delivery = Delivery::from_config(&cfg)?;
-    anyhow::ensure!(
-        delivery.is_none() || cfg.sink.kind == SinkKind::Spool,
-        "delivery.routes: push delivery reads the spool; with sink.kind = \"nats\" consume the stream instead (docs/FLEET.md)"
-    );
     let spools = Arc::new(Spools::default());
     let (factory, probe) = sink_factory(&cfg, delivery.clone(), spools.clone()).await?;
     if cfg.sink.kind == SinkKind::Spool {

@@ -48,7 +48,10 @@ impl Routing {
 /// Knobs of the route and the spool.
 struct Setup {
     route: String,
+    /// Keys added to the spool's `[sink]` section.
     sink: String,
+    /// A whole `[sink]` section instead (the NATS sink).
+    sink_section: Option<String>,
 }
 
 impl Default for Setup {
@@ -56,6 +59,7 @@ impl Default for Setup {
         Setup {
             route: "timeout_ms = 400\nretry_initial_ms = 20\nretry_max_ms = 200\n".into(),
             sink: String::new(),
+            sink_section: None,
         }
     }
 }
@@ -65,11 +69,11 @@ fn server(routing: &Routing, setup: Setup) -> TestServer {
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::write(dir.join("route.key"), format!("{}\n", routing.secret)).unwrap();
     let opts = Options {
-        sink_toml: Some(format!(
+        sink_toml: Some(setup.sink_section.unwrap_or(format!(
             "[sink]\nkind = \"spool\"\ndir = \"{d}/spool\"\n{extra}",
             d = dir.display(),
             extra = setup.sink
-        )),
+        ))),
         extra: format!(
             "[delivery]\ndir = \"{d}/delivery\"\n\n[[delivery.routes]]\nname = \"routing\"\nqueue = \"org-a/support\"\nurl = \"{url}\"\nsecret_file = \"{d}/route.key\"\n{route}",
             d = dir.display(),
@@ -576,4 +580,51 @@ print(len(cases))
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+}
+
+#[test]
+fn with_the_nats_sink_a_durable_consumer_delivers_and_acks_after_the_2xx() {
+    let nats = crate::support::nats::Nats::start();
+    let routing = Routing::start();
+    routing
+        .rx
+        .behaviour
+        .fail_first_per_mille
+        .store(300, Ordering::SeqCst);
+    let setup = Setup {
+        sink_section: Some(format!(
+            "[sink]\nkind = \"nats\"\n\n[sink.nats]\nservers = [\"{}\"]\nstream = \"SMSDELIVERY\"\n",
+            nats.url()
+        )),
+        ..Setup::default()
+    };
+    let s = server(&routing, setup);
+    let sent: Vec<usize> = (0..20).collect();
+    for n in &sent {
+        assert_eq!(send(&s, *n), 200);
+    }
+    eventually("every message delivered", Duration::from_secs(30), || {
+        routing.rx.delivered().len() >= sent.len()
+    });
+    assert_delivered_in_order(&routing, &sent, false);
+    assert_eq!(routing.rx.bad_signatures(), 0);
+    eventually(
+        "nothing pending or unacknowledged",
+        Duration::from_secs(10),
+        || s.metric(r#"sms_ingress_delivery_lag_records{route="routing"}"#) == 0.0,
+    );
+    // Acknowledged after the 2xx: a restart does not deliver them again.
+    let s = s.restart();
+    for n in 20..22 {
+        assert_eq!(send(&s, n), 200);
+    }
+    eventually("the new ones", Duration::from_secs(20), || {
+        routing.rx.delivered().len() >= 22
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        routing.rx.delivered().len(),
+        22,
+        "acknowledged ones were not redelivered"
+    );
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod client;
+pub(crate) mod nats;
 pub mod replay;
 pub(crate) mod route;
 pub(crate) mod schedule;
@@ -125,12 +126,14 @@ impl Delivery {
         }
         let mut routes = Vec::new();
         for r in &cfg.delivery.routes {
-            let selector = QueueSelector::parse(&r.queue).expect("validated at load");
-            let selector =
-                resolved(selector, &cfg.sink.dir).map_err(|source| DeliveryError::Queue {
-                    route: r.name.clone(),
-                    source,
-                })?;
+            let mut selector = QueueSelector::parse(&r.queue).expect("validated at load");
+            if cfg.sink.kind == crate::config::SinkKind::Spool {
+                selector =
+                    resolved(selector, &cfg.sink.dir).map_err(|source| DeliveryError::Queue {
+                        route: r.name.clone(),
+                        source,
+                    })?;
+            }
             routes.push((selector, Arc::new(open_route(r, &cfg.delivery.dir, true)?)));
         }
         Ok(Some(Arc::new(Delivery {
@@ -164,6 +167,19 @@ impl Delivery {
                     feed.clone(),
                 ));
             }
+        }
+    }
+
+    /// With `sink.kind = "nats"`: every route consumes the stream through its durable
+    /// JetStream consumer.
+    pub fn start_nats(&self, js: &async_nats::jetstream::Context, stream: &str) {
+        for (selector, route) in &self.routes {
+            self.handle.spawn(nats::run(
+                route.clone(),
+                js.clone(),
+                stream.to_string(),
+                selector.clone(),
+            ));
         }
     }
 

@@ -99,6 +99,11 @@ impl Route {
         self.attempts[at].increment(1);
     }
 
+    /// `settle`, for a source that only needs to know it is done.
+    pub(crate) async fn settle_record(&self, record: &Record) {
+        let _ = self.settle(record).await;
+    }
+
     /// Sends one record until routing takes it, or `max_attempts` failures (then it goes
     /// to the dead letters).
     async fn settle(&self, record: &Record) -> Settled {

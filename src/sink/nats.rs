@@ -226,6 +226,11 @@ impl NatsConnection {
         }
     }
 
+    /// The JetStream context, for consumers of the stream in this process.
+    pub(crate) fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Whether the client is connected right now (the `/readyz` probe).
     pub(crate) fn is_connected(&self) -> bool {
         self.client.connection_state() == State::Connected
