@@ -25,8 +25,9 @@ pub enum CursorError {
     },
 }
 
-/// Everything before `next` is settled, and so is each record starting at a key of `done`
-/// (settled past an earlier one still open), mapped to its end offset.
+/// Everything before `next` is settled, and so is every offset of each span of `done`
+/// (start → end, settled past an earlier record still open). Adjacent spans are merged, so
+/// `done` holds one entry per run of settled records, not one per record.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Cursor {
     pub next: u64,
@@ -52,10 +53,37 @@ impl Cursor {
 
     /// Records settled spans (start, end) and moves `next` over every contiguous one.
     pub fn mark(&mut self, spans: &[(u64, u64)]) {
-        self.done.extend(spans.iter().copied());
+        for &(start, end) in spans {
+            self.merge(start, end);
+        }
         while let Some(end) = self.done.remove(&self.next) {
             self.next = end;
         }
+    }
+
+    /// Adds one span, joined to a span that ends where it starts and one that starts
+    /// where it ends.
+    fn merge(&mut self, mut start: u64, mut end: u64) {
+        if let Some((&s, &e)) = self.done.range(..=start).next_back() {
+            if e == start {
+                self.done.remove(&s);
+                start = s;
+            }
+        }
+        if let Some(e) = self.done.remove(&end) {
+            end = e;
+        }
+        self.done.insert(start, end);
+    }
+
+    /// Whether the record starting at `offset` is settled.
+    pub fn is_done(&self, offset: u64) -> bool {
+        offset < self.next
+            || self
+                .done
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(_, &end)| offset < end)
     }
 
     /// Replaces the file atomically: temp file, fsync, rename, fsync of the directory.
@@ -83,8 +111,11 @@ mod tests {
         let mut c = Cursor::default();
         c.mark(&[(20, 30), (30, 45)]);
         assert_eq!(c.next, 0, "a gap before them keeps next");
+        assert_eq!(c.done.len(), 1, "adjacent spans are one");
+        assert!(c.is_done(20) && c.is_done(30) && !c.is_done(10) && !c.is_done(45));
         c.mark(&[(0, 10)]);
-        assert_eq!((c.next, c.done.len()), (10, 2));
+        assert_eq!((c.next, c.done.len()), (10, 1));
+        assert!(c.is_done(0) && !c.is_done(10));
         c.save(&path).unwrap();
         assert_eq!(Cursor::load(&path).unwrap(), c);
         c.mark(&[(10, 20)]);
@@ -92,6 +123,24 @@ mod tests {
         c.save(&path).unwrap();
         assert_eq!(Cursor::load(&path).unwrap(), c);
         assert!(!tmp.path().join("replay-cursor.json.tmp").exists());
+
+        // Settled in any order, the spans stay few and next lands at the end.
+        let mut c = Cursor::default();
+        let order: Vec<u64> = (0..1000u64).map(|i| (i * 617) % 1000).collect();
+        for (n, i) in order.iter().enumerate() {
+            c.mark(&[(i * 10, i * 10 + 10)]);
+            let settled: std::collections::BTreeSet<u64> = order[..=n].iter().copied().collect();
+            if n % 97 == 0 {
+                for j in 0..1000 {
+                    assert_eq!(
+                        c.is_done(j * 10),
+                        settled.contains(&j),
+                        "record {j} after {n} marks"
+                    );
+                }
+            }
+        }
+        assert_eq!((c.next, c.done.len()), (10_000, 0));
 
         std::fs::write(&path, b"{not json").unwrap();
         assert!(matches!(

@@ -21,7 +21,7 @@ use crate::inventory::{Inventory, Routing, Snapshot};
 use crate::sink::spool::{SpoolError, SpoolReader, SpoolWriter};
 use crate::sink::{QueueSink, SinkError};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -417,18 +417,18 @@ async fn read_batch(
     cursor: &Cursor,
     durable_end: u64,
 ) -> Result<(SpoolReader, Vec<Record>), DeadLetterError> {
-    let done = cursor.done.clone();
+    let cursor = cursor.clone();
     blocking(move || {
-        let batch = read_records(&mut reader, &done, REPLAY_BATCH, durable_end)?;
+        let batch = read_records(&mut reader, &cursor, REPLAY_BATCH, durable_end)?;
         Ok((reader, batch))
     })
     .await
 }
 
-/// Up to `max` records not in `done`, all wholly before `durable_end`.
+/// Up to `max` records the cursor has not settled, all wholly before `durable_end`.
 fn read_records(
     reader: &mut SpoolReader,
-    done: &BTreeMap<u64, u64>,
+    cursor: &Cursor,
     max: usize,
     durable_end: u64,
 ) -> Result<Vec<Record>, SpoolError> {
@@ -437,7 +437,7 @@ fn read_records(
         let Some((start, envelope)) = reader.next_record()? else {
             break;
         };
-        if !done.contains_key(&start) {
+        if !cursor.is_done(start) {
             let end = reader.position();
             out.push(Record {
                 start,
@@ -455,7 +455,7 @@ fn count_pending(dir: &Path, id: &str, cursor: &Cursor) -> Result<u64, SpoolErro
     reader.seek(cursor.next);
     let mut pending = 0;
     loop {
-        let batch = read_records(&mut reader, &cursor.done, REPLAY_BATCH, u64::MAX)?;
+        let batch = read_records(&mut reader, cursor, REPLAY_BATCH, u64::MAX)?;
         if batch.is_empty() {
             return Ok(pending);
         }

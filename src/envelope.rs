@@ -279,39 +279,44 @@ impl Envelope {
     /// the timestamp is outside years 1970..=9999; a non-UTF-8 body goes to `body_base64`
     /// (and `params` is null).
     pub fn to_json(&self, offset: u64, next_offset: u64) -> serde_json::Value {
-        let mut obj = serde_json::json!({
-            "offset": offset,
-            "next_offset": next_offset,
-            "kind": self.kind.as_str(),
-            "received_at": rfc3339_millis(self.received_at_ms),
-            "org": &*self.org,
-            "integration_id": &*self.integration_id,
-            "queue": &*self.queue,
-            "number": self.number,
-            "from": self.from,
-            "to": self.to,
-            "message_sid": self.message_sid,
-            "message_status": self.message_status,
-            "account_sid": self.account_sid,
-            "compliance_action": self.compliance.map(ComplianceAction::as_str),
-            "idempotency_token": self.idempotency_token,
-            "signature": self.signature,
-            "signed_url": self.signed_url,
-        });
-        let map = obj.as_object_mut().expect("built as an object");
-        match std::str::from_utf8(&self.body) {
-            Ok(text) => {
-                map.insert("body".into(), text.into());
-                map.insert("params".into(), params(&self.body));
-            }
-            Err(_) => {
+        serde_json::to_value(self.view(offset, next_offset)).expect("a view serialises")
+    }
+
+    /// The same object, serialised straight to bytes (a delivery's body).
+    pub fn to_json_bytes(&self, offset: u64, next_offset: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.body.len() * 2 + 768);
+        serde_json::to_writer(&mut out, &self.view(offset, next_offset))
+            .expect("a view serialises");
+        out
+    }
+
+    fn view(&self, offset: u64, next_offset: u64) -> View<'_> {
+        let text = std::str::from_utf8(&self.body).ok();
+        View {
+            offset,
+            next_offset,
+            kind: self.kind.as_str(),
+            received_at: rfc3339_millis(self.received_at_ms),
+            org: &self.org,
+            integration_id: &self.integration_id,
+            queue: &self.queue,
+            number: &self.number,
+            from: &self.from,
+            to: &self.to,
+            message_sid: &self.message_sid,
+            message_status: self.message_status.as_deref(),
+            account_sid: &self.account_sid,
+            compliance_action: self.compliance.map(ComplianceAction::as_str),
+            idempotency_token: self.idempotency_token.as_deref(),
+            signature: &self.signature,
+            signed_url: &self.signed_url,
+            body: text,
+            body_base64: text.is_none().then(|| {
                 use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.body);
-                map.insert("body_base64".into(), b64.into());
-                map.insert("params".into(), serde_json::Value::Null);
-            }
-        };
-        obj
+                base64::engine::general_purpose::STANDARD.encode(&self.body)
+            }),
+            params: Params(text.and_then(|_| crate::form::Form::parse(&self.body).ok())),
+        }
     }
 
     /// The conversation a record belongs to: our number and the customer's (`From` of an
@@ -340,23 +345,59 @@ impl Envelope {
     }
 }
 
-/// A form body's fields as JSON: name → value, or a list of values for a repeated name;
-/// null if the body is not a form.
-fn params(body: &[u8]) -> serde_json::Value {
-    let Ok(form) = crate::form::Form::parse(body) else {
-        return serde_json::Value::Null;
-    };
-    let mut map = serde_json::Map::new();
-    for (name, value) in form.pairs() {
-        match map.get_mut(name) {
-            None => {
-                map.insert(name.to_string(), value.into());
+/// The consumer's view of an envelope (see `Envelope::to_json`), borrowed, in key order.
+#[derive(serde::Serialize)]
+struct View<'a> {
+    account_sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+    compliance_action: Option<&'static str>,
+    from: &'a str,
+    idempotency_token: Option<&'a str>,
+    integration_id: &'a str,
+    kind: &'static str,
+    message_sid: &'a str,
+    message_status: Option<&'a str>,
+    next_offset: u64,
+    number: &'a str,
+    offset: u64,
+    org: &'a str,
+    params: Params<'a>,
+    queue: &'a str,
+    received_at: Option<String>,
+    signature: &'a str,
+    signed_url: &'a str,
+    to: &'a str,
+}
+
+/// A form body's fields as a JSON object: name → value, or a list of values for a
+/// repeated name (the form keeps pairs sorted by name, then value); null if not a form.
+struct Params<'a>(Option<crate::form::Form<'a>>);
+
+impl serde::Serialize for Params<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(form) = &self.0 else {
+            return s.serialize_none();
+        };
+        let pairs: Vec<(&str, &str)> = form.pairs().collect();
+        let mut map = s.serialize_map(None)?;
+        let mut i = 0;
+        while i < pairs.len() {
+            let name = pairs[i].0;
+            let run = pairs[i..].iter().take_while(|(n, _)| *n == name).count();
+            if run == 1 {
+                map.serialize_entry(name, pairs[i].1)?;
+            } else {
+                let values: Vec<&str> = pairs[i..i + run].iter().map(|(_, v)| *v).collect();
+                map.serialize_entry(name, &values)?;
             }
-            Some(serde_json::Value::Array(list)) => list.push(value.into()),
-            Some(first) => *first = serde_json::Value::Array(vec![first.take(), value.into()]),
+            i += run;
         }
+        map.end()
     }
-    serde_json::Value::Object(map)
 }
 
 #[cfg(test)]

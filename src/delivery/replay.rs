@@ -75,7 +75,7 @@ fn unsettled(dir: &Path, queue: &str, cursor: &Cursor) -> Result<(u64, Option<i6
     reader.seek(cursor.next);
     let (mut count, mut first) = (0, None);
     while let Some((offset, env)) = reader.next_record()? {
-        if cursor.done.contains_key(&offset) {
+        if cursor.is_done(offset) {
             continue;
         }
         count += 1;
@@ -243,7 +243,7 @@ fn pending(dir: &Path, cursor: &Cursor) -> Result<Vec<Record>, SpoolError> {
     reader.seek(cursor.next);
     let mut out = Vec::new();
     while let Some((offset, envelope)) = reader.next_record()? {
-        if !cursor.done.contains_key(&offset) {
+        if !cursor.is_done(offset) {
             out.push(Record {
                 offset,
                 next_offset: reader.position(),

@@ -9,7 +9,7 @@ use super::schedule::Scheduler;
 use super::sign::Secrets;
 use super::source::Source;
 use super::status::{QueueStats, RouteState};
-use crate::cursor::Cursor;
+use crate::cursor::{Cursor, CursorError};
 use crate::sink::spool::feed::{Feed, Record};
 use crate::sink::spool::SpoolWriter;
 use crate::sink::QueueSink;
@@ -121,10 +121,7 @@ impl Route {
     /// attempt; the timestamp and signature are the attempt's.
     pub(crate) async fn deliver(&self, record: &Record, give_up: u32) -> Result<(), String> {
         let env = &record.envelope;
-        let body = Bytes::from(
-            serde_json::to_vec(&env.to_json(record.offset, record.next_offset))
-                .expect("an envelope serialises"),
-        );
+        let body = Bytes::from(env.to_json_bytes(record.offset, record.next_offset));
         let id = env.webhook_id();
         let mut failures = 0;
         loop {
@@ -227,6 +224,8 @@ pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc
     let mut sched: Scheduler<u64, Record> = Scheduler::new(route.concurrency);
     let mut oldest: BTreeMap<u64, i64> = BTreeMap::new();
     let mut attempts: JoinSet<(u64, Record, Settled)> = JoinSet::new();
+    // At most one save at a time, off the loop: attempts go on while it syncs.
+    let mut saving: JoinSet<(u64, Result<(), CursorError>)> = JoinSet::new();
     let mut dirty = false;
     let mut saved_at = Instant::now();
     // What the saved cursor says: retention may delete what is before it, never more.
@@ -248,7 +247,7 @@ pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc
                 for record in records {
                     seen_bytes += record.next_offset - record.offset;
                     seen_records += 1;
-                    if cursor.done.contains_key(&record.offset) {
+                    if cursor.is_done(record.offset) {
                         continue; // settled before a restart
                     }
                     oldest.insert(record.offset, record.envelope.received_at_ms);
@@ -262,23 +261,23 @@ pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc
                 cursor.mark(&[(record.offset, record.next_offset)]);
                 dirty = true;
             }
-            _ = tokio::time::sleep(save_in), if dirty => {
+            _ = tokio::time::sleep(save_in), if dirty && saving.is_empty() => {
                 let saved = cursor.clone();
                 let path = path.clone();
-                let saved_next = &mut saved_cursor;
-                let next = saved.next;
-                match tokio::task::spawn_blocking(move || saved.save(&path)).await {
-                    Ok(Ok(())) => {
-                        dirty = false;
-                        *saved_next = next;
-                    }
-                    Ok(Err(e)) => {
+                saving.spawn_blocking(move || (saved.next, saved.save(&path)));
+                dirty = false;
+                saved_at = Instant::now();
+            }
+            Some(joined) = saving.join_next() => {
+                match joined {
+                    Ok((next, Ok(()))) => saved_cursor = next,
+                    Ok((_, Err(e))) => {
                         tracing::error!(route = %route.name, error = %e, "delivery: cursor not saved; retrying");
                         route.state.failed(&e.to_string());
+                        dirty = true;
                     }
-                    Err(_) => {}
+                    Err(_) => dirty = true,
                 }
-                saved_at = Instant::now();
             }
             _ = tick.tick() => {
                 let unread_bytes = unread.load(std::sync::atomic::Ordering::Relaxed);
