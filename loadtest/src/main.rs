@@ -52,7 +52,7 @@ enum Cmd {
 #[derive(Args)]
 struct SinkServerArgs {
     /// Address to listen on (port 0 picks one; the URL to configure is printed).
-    #[arg(long, default_value = "127.0.0.1:18090")]
+    #[arg(long, default_value = "127.0.0.1:18400")]
     listen: std::net::SocketAddr,
     /// The route's secret file (whsec_…, one or two lines).
     #[arg(long)]
