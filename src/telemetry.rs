@@ -114,6 +114,34 @@ fn describe() {
         "Time to write and fdatasync one batch"
     );
     describe_histogram!("sms_ingress_sink_batch_size", "Envelopes per group commit");
+    describe_counter!(
+        "sms_ingress_delivery_attempts_total",
+        "Delivery attempts to routing, by route and result (delivered, refused, timeout, error)"
+    );
+    describe_gauge!(
+        "sms_ingress_delivery_lag_records",
+        "Records durable and not yet delivered by the route"
+    );
+    describe_gauge!(
+        "sms_ingress_delivery_lag_seconds",
+        "Age of the route's oldest undelivered record"
+    );
+    describe_histogram!(
+        "sms_ingress_delivery_duration_seconds",
+        "One delivery attempt: request sent to answer read"
+    );
+    describe_counter!(
+        "sms_ingress_delivery_dead_letters_total",
+        "Records the route gave up on after max_attempts (kept for delivery replay)"
+    );
+    describe_gauge!(
+        "sms_ingress_spool_bytes",
+        "Bytes of the queue's spool segments on disk"
+    );
+    describe_counter!(
+        "sms_ingress_spool_segments_deleted_total",
+        "Spool segments deleted by retention (delivered, committed and older than retain_secs)"
+    );
 }
 
 /// Serves `GET /metrics` on its own listener until shutdown, keeping the recorder's
