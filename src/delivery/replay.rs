@@ -6,11 +6,12 @@
 use super::route::Route;
 use super::status::{QueueStats, StatusFile};
 use super::{open_route, DeliveryError, DEAD_LETTERS};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, QueueSelector, RouteConfig, SinkKind};
 use crate::cursor::{Cursor, CursorError};
 use crate::sink::spool::feed::Record;
 use crate::sink::spool::{SpoolError, SpoolReader};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -104,6 +105,26 @@ fn cursor_queues(route_dir: &Path) -> Vec<String> {
     out
 }
 
+/// The spool's queues the route selects (none with the NATS sink: the stream has them).
+fn selected_queues(cfg: &Config, r: &RouteConfig) -> Vec<String> {
+    if cfg.sink.kind != SinkKind::Spool {
+        return Vec::new();
+    }
+    match QueueSelector::parse(&r.queue) {
+        Ok(QueueSelector::Plain(name)) => crate::sink::spool::queues::resolve(&cfg.sink.dir, &name)
+            .into_iter()
+            .collect(),
+        Ok(selector) => crate::sink::spool::queues::list(&cfg.sink.dir)
+            .into_iter()
+            .filter(|q| {
+                q.split_once('/')
+                    .is_some_and(|(o, n)| selector.matches(o, n))
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The report of one route, counted from its cursors, the spool and its dead letters.
 fn report(cfg: &Config, r: &RouteConfig) -> Result<RouteReport, ToolError> {
     let dir = cfg.delivery.dir.join(&r.name);
@@ -111,8 +132,13 @@ fn report(cfg: &Config, r: &RouteConfig) -> Result<RouteReport, ToolError> {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let now_ms = crate::telemetry::unix_now() * 1000.0;
+    let mut names: BTreeSet<String> = cursor_queues(&dir).into_iter().collect();
+    if let Some(s) = &status {
+        names.extend(s.queues.keys().cloned());
+    }
+    names.extend(selected_queues(cfg, r));
     let mut queues = Vec::new();
-    for queue in cursor_queues(&dir) {
+    for queue in names {
         let cursor = Cursor::load(&dir.join("cursor").join(format!("{queue}.json")))?;
         let (lag_records, oldest) = unsettled(&cfg.sink.dir, &queue, &cursor)?;
         let live: Option<&QueueStats> = status.as_ref().and_then(|s| s.queues.get(&queue));
@@ -152,7 +178,7 @@ pub fn render(reports: &[RouteReport]) -> String {
     for r in reports {
         let _ = writeln!(out, "route {}  → {}", r.route, r.url);
         if r.queues.is_empty() {
-            let _ = writeln!(out, "  (no queue delivered yet)");
+            let _ = writeln!(out, "  (no queue of this route holds records yet)");
         }
         for q in &r.queues {
             let _ = writeln!(
