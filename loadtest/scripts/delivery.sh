@@ -31,22 +31,31 @@ for side in plain routed; do
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
   SMS_LOADTEST_ADMIN_TOKEN=$TOKEN $L setup --config "$D/$side.toml" --numbers "$NUMBERS" --plan "$D/$side/plan.json" >/dev/null 2>&1
 done
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
+pid_of() { pgrep -f "$1" | head -1; }
+SINK_PID=$(pid_of "sms-loadtest sink-server")
 lag() { curl -s http://127.0.0.1:18290/metrics | awk '/^sms_ingress_delivery_lag_records/ {print $2}'; }
 for r in $(seq 1 "$ROUNDS"); do
   for side in plain routed; do
     : > "$D/lag.txt"
     if [ $side = routed ]; then (while true; do lag >> "$D/lag.txt"; sleep 0.5; done) & SAMPLER=$!; fi
     extra=(); [ -n "$RATE" ] && extra=(--rate "$RATE"); [ $side = routed ] && extra+=(--delivered "$D/delivered.ndjson" --delivery-wait 30)
+    SERVER_PID=$(pid_of "sms-ingress serve --config $D/$side.toml")
+    c0=$(cpu "$SERVER_PID"); k0=$(cpu "$SINK_PID")
     out=$($L run --plan "$D/$side/plan.json" --duration "$SECS" --connections "$CONNS" --quiet --json \
       --acked "$D/$side/acked.txt" "${extra[@]}")
     if [ $side = routed ]; then kill $SAMPLER; wait $SAMPLER 2>/dev/null || true; fi
     rps=$(echo "$out" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["throughput_rps"]))')
+    n=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["answered"])')
+    # CPU per 1,000 answered requests (the routed side's includes delivering them).
+    per=$(python3 -c "print('server %.0f ms, sink-server %.0f ms' % (($(cpu "$SERVER_PID") - $c0) * 1e6 / max($n, 1), ($(cpu "$SINK_PID") - $k0) * 1e6 / max($n, 1)))")
     if [ $side = routed ]; then
       d=$(echo "$out" | python3 -c 'import json,sys; d=json.load(sys.stdin)["delivery"]; e=d["e2e_ms"]; print("lost=%d out_of_order=%d e2e_ms p50=%d p90=%d p99=%d max=%d" % (d["lost"], d["out_of_order"], e["p50"], e["p90"], e["p99"], e["max"]))')
       max=$(sort -n "$D/lag.txt" | tail -1); after=$(lag)
-      echo "round $r routed: $rps/s  lag_records max=${max:-0} after=${after}  $d"
+      echo "round $r routed: $rps/s  lag_records max=${max:-0} after=${after}  $d  cpu per 1k: $per"
     else
-      echo "round $r plain:  $rps/s"
+      echo "round $r plain:  $rps/s  cpu per 1k: $per"
     fi
   done
 done
