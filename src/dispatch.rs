@@ -315,7 +315,16 @@ mod tests {
             .join()
             .unwrap()
         });
-        assert_eq!(nice_of_thread("sink-nicer"), Some(i64::from(ours)));
+        // The new thread names itself once it runs: wait for it (bounded).
+        let mut nice = None;
+        for _ in 0..200 {
+            nice = nice_of_thread("sink-nicer");
+            if nice.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(nice, Some(i64::from(ours)));
     }
 
     #[tokio::test]

@@ -222,9 +222,35 @@ fn a_routing_outage_never_stops_ingestion_and_the_lag_drains() {
     let ready = s.request("GET", "/readyz", &[], b"");
     assert_eq!(ready.status, 200, "readiness is not delivery's");
     assert!(routing.rx.delivered().is_empty());
-    eventually("the lag metric", Duration::from_secs(3), || {
-        s.metric(r#"sms_ingress_delivery_lag_records{route="routing"}"#) >= 10.0
-    });
+    // Metrics, `delivery status` and `spool tail` agree on what waits.
+    eventually(
+        "the lag metric counts every record",
+        Duration::from_secs(3),
+        || s.metric(r#"sms_ingress_delivery_lag_records{route="routing"}"#) == sent.len() as f64,
+    );
+    let out = delivery_cli(&s, &["status", "--json"]);
+    let status: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(status["queues"][0]["lag_records"], sent.len(), "{status}");
+    assert_eq!(status["queues"][0]["cursor"], 0, "{status}");
+    let tail = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
+        .args(["spool", "tail", "--queue", "org-a/support", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(tail.status.success());
+    let lines = String::from_utf8(tail.stdout).unwrap();
+    assert_eq!(
+        lines.lines().count(),
+        sent.len(),
+        "spool tail shows them all"
+    );
+    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    let end = last["next_offset"].as_f64().unwrap();
+    eventually(
+        "spool_bytes covers every record",
+        Duration::from_secs(8),
+        || s.metric(r#"sms_ingress_spool_bytes{queue="org-a/support"}"#) >= end,
+    );
     routing.rx.behaviour.down.store(false, Ordering::SeqCst);
     eventually("the lag drained", Duration::from_secs(20), || {
         routing.rx.delivered().len() >= sent.len()

@@ -456,3 +456,40 @@ fn oversized_record_is_rejected_before_writing() {
     assert_eq!(w.next_offset(), 0);
     assert!(read_all(tmp.path(), 0).is_empty());
 }
+
+#[test]
+fn retention_never_races_a_reader_holding_a_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = frame_of(&env(0)).len() as u64;
+    let mut w = SpoolWriter::open(tmp.path(), Q, one * 3).unwrap();
+    for i in 0..4 {
+        write(&mut w, i * 3..i * 3 + 3);
+    }
+    drop(w);
+    assert!(segments(tmp.path()).len() >= 4);
+    // A reader is inside the first segment when retention deletes every passed segment.
+    let mut r = SpoolReader::open(tmp.path(), Q).unwrap();
+    r.seek(0);
+    let (first, _) = r.next_record().unwrap().unwrap();
+    assert_eq!(first, 0);
+    let (deleted, _) = super::retention::apply(tmp.path(), Q, Some(u64::MAX), 0).unwrap();
+    assert!(deleted >= 3, "{deleted} segments deleted");
+    assert!(!segment_path(&tmp.path().join(Q), 0).exists());
+    // It still reads the rest of the segment it holds, then goes on with what is left.
+    let mut got = vec![first];
+    while let Some((offset, _)) = r.next_record().unwrap() {
+        got.push(offset);
+    }
+    assert!(got.len() >= 3, "the held segment stays readable: {got:?}");
+    let last = *got.last().unwrap();
+    let remaining = read_all(tmp.path(), segments_base(tmp.path()));
+    assert_eq!(
+        remaining.last().map(|(o, _)| *o),
+        Some(last),
+        "no record skipped at the end"
+    );
+}
+
+fn segments_base(dir: &Path) -> u64 {
+    list_segments(&dir.join(Q)).unwrap()[0]
+}
