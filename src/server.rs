@@ -214,6 +214,11 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
             positions(&cfg, delivery)?,
         ));
     }
+    let nats_probe = probe.clone();
+    metrics::gauge!("sms_ingress_queue_capacity").set(cfg.queues.capacity as f64);
+    if cfg.sink.kind == SinkKind::Spool {
+        metrics::gauge!("sms_ingress_spool_max_queue_bytes").set(cfg.sink.max_queue_bytes as f64);
+    }
     let mut dispatcher = Dispatcher::new(factory, cfg.queues.capacity, cfg.sink.max_batch);
     if let Some(probe) = probe {
         dispatcher = dispatcher.with_probe(probe);
@@ -261,15 +266,22 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         .await
         .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?;
 
-    let loaded_at = {
-        let inventory = inventory.clone();
+    let before_scrape: Arc<dyn Fn() + Send + Sync> = {
+        let (inventory, webhook) = (inventory.clone(), webhook.clone());
         Arc::new(move || {
-            inventory
+            let loaded_at = inventory
                 .load()
                 .built_at
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
+                .unwrap_or(0.0);
+            metrics::gauge!("sms_ingress_snapshot_age_seconds")
+                .set(crate::telemetry::unix_now() - loaded_at);
+            metrics::gauge!("sms_ingress_ready")
+                .set(f64::from(u8::from(webhook.unready().is_none())));
+            if let Some(probe) = &nats_probe {
+                metrics::gauge!("sms_ingress_nats_connected").set(f64::from(u8::from(probe())));
+            }
         })
     };
     let metrics_addr = metrics_listener.local_addr()?;
@@ -277,7 +289,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     tokio::spawn(crate::telemetry::serve_metrics(
         metrics_listener,
         prometheus,
-        loaded_at,
+        before_scrape,
         shutdown.clone(),
     ));
     tokio::spawn(admin::serve(
@@ -290,6 +302,9 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         Duration::from_secs(cfg.policy.dedup_window_secs),
     ));
     // Registered before "serving" is logged: a SIGHUP from then on reloads, never kills.
+    for result in ["accepted", "rejected"] {
+        metrics::counter!("sms_ingress_config_reloads_total", "result" => result).increment(0);
+    }
     let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     tracing::info!(
         listen = %listener.local_addr()?,

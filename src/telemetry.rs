@@ -53,103 +53,87 @@ pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// HELP lines for the metrics SPEC section 5 names.
+/// What a metric is, for its HELP line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the service exports, with its HELP text: one list, so none goes
+/// undescribed (a test checks the source names no other) and tools can name them all.
+pub(crate) const METRICS: &[(MetricKind, &str, &str)] = {
+    use MetricKind::{Counter as C, Gauge as G, Histogram as H};
+    &[
+        (C, "sms_ingress_requests_total", "HTTP requests by route and status"),
+        (H, "sms_ingress_request_duration_seconds", "Time from request head to response"),
+        (C, "sms_ingress_rejected_total", "Webhooks answered 4xx/503, by reason"),
+        (C, "sms_ingress_dropped_total", "Webhooks answered 200 but not routed, by reason"),
+        (C, "sms_ingress_dead_letters_total", "Webhooks kept as dead letters (integration inactive, number disabled), by reason"),
+        (C, "sms_ingress_dead_letters_replayed_total", "Dead letters replayed into their queue"),
+        (C, "sms_ingress_dead_letters_skipped_total", "Dead letters a replay skipped (number gone or still disabled)"),
+        (C, "sms_ingress_duplicates_total", "Retries of already durable deliveries"),
+        (G, "sms_ingress_dedup_entries", "Deliveries remembered for duplicate detection"),
+        (C, "sms_ingress_compliance_replies_total", "Short-code keyword replies by action"),
+        (C, "sms_ingress_enqueued_total", "Envelopes handed to a queue"),
+        (C, "sms_ingress_acknowledged_total", "Envelopes made durable by the sink"),
+        (G, "sms_ingress_queue_depth", "Envelopes waiting in a queue after its last batch"),
+        (G, "sms_ingress_queue_capacity", "Envelopes a queue holds before answering 503 (queues.capacity)"),
+        (H, "sms_ingress_sink_flush_seconds", "Time to write and fdatasync one batch"),
+        (H, "sms_ingress_sink_batch_size", "Envelopes per group commit"),
+        (C, "sms_ingress_spool_torn_tail_total", "Torn spool tails truncated at start (a crash mid-write)"),
+        (G, "sms_ingress_spool_bytes", "Bytes of the queue's spool segments on disk"),
+        (G, "sms_ingress_spool_max_queue_bytes", "Bytes a queue's spool may hold before 503 queue_disk_full (sink.max_queue_bytes; 0: no limit)"),
+        (C, "sms_ingress_spool_segments_deleted_total", "Spool segments deleted by retention (delivered, committed and older than retain_secs)"),
+        (C, "sms_ingress_nats_duplicate_acks_total", "Publishes JetStream acknowledged as duplicates (stored once)"),
+        (G, "sms_ingress_nats_connected", "1 while the NATS sink's connection is up"),
+        (G, "sms_ingress_ready", "1 while /readyz answers 200"),
+        (G, "sms_ingress_snapshot_version", "Version of the serving inventory snapshot"),
+        (G, "sms_ingress_snapshot_numbers", "Numbers in the serving inventory snapshot"),
+        (G, "sms_ingress_snapshot_age_seconds", "Seconds since the serving snapshot was swapped in"),
+        (G, "sms_ingress_snapshot_loaded_timestamp_seconds", "Unix time the serving snapshot was swapped in"),
+        (C, "sms_ingress_control_updates_total", "Control-plane changes by source and result"),
+        (C, "sms_ingress_control_journal_folds_total", "Times journaled control-plane changes were written into the state file"),
+        (G, "sms_ingress_control_file_reload_success", "1 if the last state-file reload was accepted"),
+        (G, "sms_ingress_control_file_reload_timestamp_seconds", "Unix time of the last state-file reload attempt"),
+        (C, "sms_ingress_control_kv_cas_conflicts_total", "KV compare-and-set conflicts re-run"),
+        (C, "sms_ingress_control_kv_reloads_total", "Full reloads of the KV bucket (start, reconnect)"),
+        (G, "sms_ingress_control_kv_synced", "1 while the KV watch is caught up with the bucket"),
+        (G, "sms_ingress_control_kv_tolerated", "Records served despite a cross-record race, by reason"),
+        (C, "sms_ingress_audit_write_errors_total", "Audit lines that could not be written"),
+        (C, "sms_ingress_config_reloads_total", "SIGHUP config reloads by result"),
+        (G, "sms_ingress_connections_active", "Open webhook connections"),
+        (C, "sms_ingress_connections_rejected_total", "Connections closed at accept, by reason"),
+        (C, "sms_ingress_accept_errors_total", "accept() errors, by listener"),
+        (C, "sms_ingress_connection_errors_total", "Webhook connections ended by an error, by kind"),
+        (C, "sms_ingress_connection_timeouts_total", "Webhook connections closed by a timeout, by kind"),
+        (C, "sms_ingress_tls_handshake_errors_total", "TLS handshakes failed or timed out, by reason"),
+        (C, "sms_ingress_delivery_attempts_total", "Delivery attempts to routing, by route and result (delivered, refused, timeout, error)"),
+        (G, "sms_ingress_delivery_lag_records", "Records durable and not yet delivered by the route"),
+        (G, "sms_ingress_delivery_lag_seconds", "Age of the route's oldest undelivered record"),
+        (H, "sms_ingress_delivery_duration_seconds", "One delivery attempt: request sent to answer read"),
+        (C, "sms_ingress_delivery_dead_letters_total", "Records the route gave up on after max_attempts (kept for delivery replay)"),
+    ]
+};
+
+/// HELP lines for every metric.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "sms_ingress_requests_total",
-        "HTTP requests by route and status"
-    );
-    describe_counter!(
-        "sms_ingress_rejected_total",
-        "Webhooks answered 4xx/503, by reason"
-    );
-    describe_counter!(
-        "sms_ingress_dropped_total",
-        "Webhooks answered 200 but not routed, by reason"
-    );
-    describe_counter!(
-        "sms_ingress_duplicates_total",
-        "Retries of already durable deliveries"
-    );
-    describe_counter!("sms_ingress_enqueued_total", "Envelopes handed to a queue");
-    describe_counter!(
-        "sms_ingress_acknowledged_total",
-        "Envelopes made durable by the sink"
-    );
-    describe_counter!(
-        "sms_ingress_compliance_replies_total",
-        "Short-code keyword replies by action"
-    );
-    describe_counter!(
-        "sms_ingress_control_updates_total",
-        "Control-plane changes by source and result"
-    );
-    describe_counter!(
-        "sms_ingress_control_journal_folds_total",
-        "Times journaled control-plane changes were written into the state file"
-    );
-    describe_gauge!(
-        "sms_ingress_queue_depth",
-        "Envelopes waiting in a queue after its last batch"
-    );
-    describe_gauge!(
-        "sms_ingress_snapshot_version",
-        "Version of the serving inventory snapshot"
-    );
-    describe_gauge!(
-        "sms_ingress_snapshot_numbers",
-        "Numbers in the serving inventory snapshot"
-    );
-    describe_gauge!(
-        "sms_ingress_snapshot_age_seconds",
-        "Seconds since the serving snapshot was swapped in"
-    );
-    describe_histogram!(
-        "sms_ingress_request_duration_seconds",
-        "Time from request head to response"
-    );
-    describe_histogram!(
-        "sms_ingress_sink_flush_seconds",
-        "Time to write and fdatasync one batch"
-    );
-    describe_histogram!("sms_ingress_sink_batch_size", "Envelopes per group commit");
-    describe_counter!(
-        "sms_ingress_delivery_attempts_total",
-        "Delivery attempts to routing, by route and result (delivered, refused, timeout, error)"
-    );
-    describe_gauge!(
-        "sms_ingress_delivery_lag_records",
-        "Records durable and not yet delivered by the route"
-    );
-    describe_gauge!(
-        "sms_ingress_delivery_lag_seconds",
-        "Age of the route's oldest undelivered record"
-    );
-    describe_histogram!(
-        "sms_ingress_delivery_duration_seconds",
-        "One delivery attempt: request sent to answer read"
-    );
-    describe_counter!(
-        "sms_ingress_delivery_dead_letters_total",
-        "Records the route gave up on after max_attempts (kept for delivery replay)"
-    );
-    describe_gauge!(
-        "sms_ingress_spool_bytes",
-        "Bytes of the queue's spool segments on disk"
-    );
-    describe_counter!(
-        "sms_ingress_spool_segments_deleted_total",
-        "Spool segments deleted by retention (delivered, committed and older than retain_secs)"
-    );
+    for &(kind, name, help) in METRICS {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(name, help),
+            MetricKind::Gauge => metrics::describe_gauge!(name, help),
+            MetricKind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
 }
 
 /// Serves `GET /metrics` on its own listener until shutdown, keeping the recorder's
-/// histograms drained.
+/// histograms drained; `before_scrape` sets the gauges read at scrape time.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
-    loaded_at: Arc<dyn Fn() -> f64 + Send + Sync>,
+    before_scrape: Arc<dyn Fn() + Send + Sync>,
     shutdown: Shutdown,
 ) {
     let upkeep = handle.clone();
@@ -165,10 +149,10 @@ pub(crate) async fn serve_metrics(
         max_connections: usize::MAX,
     };
     crate::accept::serve(listener, accept, shutdown, move |stream, _, shutdown| {
-        let (handle, loaded_at) = (handle.clone(), loaded_at.clone());
+        let (handle, before_scrape) = (handle.clone(), before_scrape.clone());
         let service =
             hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let response = scrape(&req, &handle, &*loaded_at);
+                let response = scrape(&req, &handle, &*before_scrape);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
         crate::accept::serve_http1(stream, service, shutdown)
@@ -180,14 +164,14 @@ pub(crate) async fn serve_metrics(
 fn scrape(
     req: &http::Request<hyper::body::Incoming>,
     handle: &PrometheusHandle,
-    loaded_at: &dyn Fn() -> f64,
+    before_scrape: &dyn Fn(),
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
         let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }
-    metrics::gauge!("sms_ingress_snapshot_age_seconds").set(unix_now() - loaded_at());
+    before_scrape();
     let mut r = Response::new(Full::new(Bytes::from(handle.render())));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -222,4 +206,54 @@ pub fn init_logs(cfg: &LogConfig) -> LogReload {
         let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `"sms_ingress_…"` string in the service's source but this list's own file:
+    /// the metric names it sets (and the default KV bucket's name, which is not one).
+    fn names_in_source() -> std::collections::BTreeSet<String> {
+        fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs")
+                    && !path.ends_with("src/telemetry.rs")
+                {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for part in text.split("\"sms_ingress_").skip(1) {
+                        let name: String = part
+                            .chars()
+                            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                            .collect();
+                        if part[name.len()..].starts_with('"') {
+                            out.insert(format!("sms_ingress_{name}"));
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut out,
+        );
+        out.remove("sms_ingress_state");
+        out
+    }
+
+    #[test]
+    fn every_metric_the_source_names_has_help_text() {
+        let described: std::collections::BTreeSet<String> =
+            METRICS.iter().map(|(_, n, _)| n.to_string()).collect();
+        let used = names_in_source();
+        let missing: Vec<_> = used.difference(&described).collect();
+        assert!(missing.is_empty(), "metrics without HELP text: {missing:?}");
+        let unused: Vec<_> = described.difference(&used).collect();
+        assert!(unused.is_empty(), "described but never set: {unused:?}");
+        assert!(METRICS.iter().all(|(_, _, help)| !help.is_empty()));
+    }
 }

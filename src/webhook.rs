@@ -162,7 +162,7 @@ impl Webhook {
     }
 
     /// Why `/readyz` is 503, if it is.
-    fn unready(&self) -> Option<&'static str> {
+    pub(crate) fn unready(&self) -> Option<&'static str> {
         if !self.loaded.load(Ordering::Acquire) {
             return Some("not ready: no inventory snapshot loaded");
         }

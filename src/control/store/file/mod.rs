@@ -54,6 +54,8 @@ impl FileStore {
     /// Loads the state file with its journal (a missing file is an empty state) and
     /// publishes it.
     pub(crate) fn open(path: PathBuf, shared: &Shared) -> Result<FileStore, StoreError> {
+        // Exported from the start (0 until the first fold), so dashboards see it.
+        metrics::counter!("sms_ingress_control_journal_folds_total").increment(0);
         let loaded = journal::load(&path)?;
         let commit = (shared.publisher)(&loaded.state).map_err(StoreError::Publish)?;
         commit();

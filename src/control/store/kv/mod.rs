@@ -51,6 +51,7 @@ impl KvStore {
         state.validate().map_err(StoreError::Kv)?;
         let commit = (shared.publisher)(&state).map_err(StoreError::Publish)?;
         commit();
+        metrics::gauge!("sms_ingress_control_kv_synced").set(1.0);
         Ok(KvStore {
             backend,
             readiness: None,
