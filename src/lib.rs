@@ -18,7 +18,7 @@
 //! `sink::nats`), the snapshot and dispatcher the benches drive (`inventory`, `dispatch`),
 //! the admin API, store and Twilio client the API tests and fuzz targets start
 //! (`control::{admin, store, vendor}`, `deadletter::DeadLetters`), `shutdown`, and the
-//! binary's entry points (`server::{run, check}`, `telemetry::init_logs`).
+//! binary's entry points (`server::{run, check}`, `telemetry::init_logs`, `status`).
 
 // The request path.
 pub mod deadletter;
@@ -47,6 +47,7 @@ pub mod nats;
 pub mod percent;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 
 /// The test kit's fixtures, shared with the service's own unit tests.

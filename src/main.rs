@@ -43,6 +43,10 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the config, master key and state file, then exit.
     CheckConfig(ConfigArg),
+    /// One screen for the person on call: readiness, snapshot, queues, delivery routes
+    /// (read from the running server's metrics listener). Exit 0 ready, 1 not ready,
+    /// 2 not reachable.
+    Status(ConfigArg),
     /// Print a new random master key (base64 of 32 bytes) for control.master_key_file.
     Keygen,
     /// Read a queue's spool.
@@ -247,6 +251,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             sms_ingress::sink::spool::groups::commit(&dir, &queue, &group, offset)?;
             println!("group {group} committed {queue} up to offset {offset}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(config) => {
+            let cfg = Config::load(&config.config)?;
+            let addr = sms_ingress::status::scrape_addr(cfg.metrics.listen);
+            match sms_ingress::status::scrape(addr) {
+                Ok(text) => {
+                    let samples = sms_ingress::status::parse(&text);
+                    print!("{}", sms_ingress::status::render(addr, &samples));
+                    Ok(if sms_ingress::status::ready(&samples) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                Err(e) => {
+                    eprintln!("sms-ingress status: {e}");
+                    Ok(ExitCode::from(2))
+                }
+            }
         }
         Command::Delivery {
             command: DeliveryCommand::Status { config, json },
