@@ -12,20 +12,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "twilio-auth-token-1";
-const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
-const OURS: &str = "+14155550100";
+pub(super) const TOKEN: &str = "twilio-auth-token-1";
+pub(super) const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+pub(super) const OURS: &str = "+14155550100";
 
 /// Routing on loopback, served from its own runtime while the test runs.
-struct Routing {
-    rx: Arc<Receiver>,
+pub(super) struct Routing {
+    pub(super) rx: Arc<Receiver>,
     url: String,
     secret: String,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Routing {
-    fn start() -> Routing {
+    pub(super) fn start() -> Routing {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -46,12 +46,14 @@ impl Routing {
 }
 
 /// Knobs of the route and the spool.
-struct Setup {
-    route: String,
+pub(super) struct Setup {
+    pub(super) route: String,
     /// Keys added to the spool's `[sink]` section.
-    sink: String,
+    pub(super) sink: String,
     /// A whole `[sink]` section instead (the NATS sink).
-    sink_section: Option<String>,
+    pub(super) sink_section: Option<String>,
+    /// Keys added to `[control]` (the KV store).
+    pub(super) control: String,
 }
 
 impl Default for Setup {
@@ -60,12 +62,13 @@ impl Default for Setup {
             route: "timeout_ms = 400\nretry_initial_ms = 20\nretry_max_ms = 200\n".into(),
             sink: String::new(),
             sink_section: None,
+            control: String::new(),
         }
     }
 }
 
 /// A server whose queue org-a/support is delivered to `routing`; one number on it.
-fn server(routing: &Routing, setup: Setup) -> TestServer {
+pub(super) fn server(routing: &Routing, setup: Setup) -> TestServer {
     let dir = tempfile::tempdir().unwrap().keep();
     std::fs::write(dir.join("route.key"), format!("{}\n", routing.secret)).unwrap();
     let opts = Options {
@@ -80,6 +83,7 @@ fn server(routing: &Routing, setup: Setup) -> TestServer {
             url = routing.url,
             route = setup.route,
         ),
+        control_extra: setup.control,
         ..Options::default()
     };
     let config = write_config(&dir, &opts);
@@ -98,7 +102,7 @@ fn customer(n: usize) -> String {
     format!("+1415555990{}", n % 3)
 }
 
-fn send(s: &TestServer, n: usize) -> u16 {
+pub(super) fn send(s: &TestServer, n: usize) -> u16 {
     let body = inbound_body(
         OURS,
         &customer(n),
@@ -110,7 +114,7 @@ fn send(s: &TestServer, n: usize) -> u16 {
 }
 
 /// Waits (bounded) until `done` holds.
-fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(super) fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

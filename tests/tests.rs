@@ -15,6 +15,7 @@ mod fleet_kv;
 mod fleet_throughput;
 mod limits;
 mod nats_sink;
+mod operations;
 mod properties;
 mod protocols;
 mod queues;
