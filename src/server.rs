@@ -40,6 +40,7 @@ fn spool_factory(
     Box::new(move |queue: &str| {
         let writer = SpoolWriter::open(&dir, queue, segment_bytes)?.with_preallocation(preallocate);
         let feed = Arc::new(Feed::new(
+            queue,
             writer.next_offset(),
             writer.disk_bytes()?,
             max_bytes,

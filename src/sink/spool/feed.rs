@@ -30,11 +30,13 @@ pub struct Feed {
     max_bytes: u64,
     /// Set while `bytes` is over `max_bytes`: new webhooks for the queue answer 503.
     full: Arc<AtomicBool>,
+    /// `sms_ingress_spool_bytes` of the queue, kept equal to `bytes`.
+    gauge: metrics::Gauge,
 }
 
 impl Feed {
-    /// A feed whose queue's log ends (durably) at `end` and holds `bytes` on disk.
-    pub fn new(end: u64, bytes: u64, max_bytes: u64) -> Feed {
+    /// A feed whose queue (`ORG/QUEUE`) ends (durably) at `end` and holds `bytes` on disk.
+    pub fn new(queue: &str, end: u64, bytes: u64, max_bytes: u64) -> Feed {
         let (batches, _) = broadcast::channel(BATCHES_BUFFERED);
         let (durable, _) = watch::channel(end);
         let feed = Feed {
@@ -43,6 +45,7 @@ impl Feed {
             bytes: AtomicU64::new(bytes),
             max_bytes,
             full: Arc::default(),
+            gauge: metrics::gauge!("sms_ingress_spool_bytes", "queue" => queue.to_string()),
         };
         feed.judge_size();
         feed
@@ -97,6 +100,7 @@ impl Feed {
     }
 
     fn judge_size(&self) {
+        self.gauge.set(self.bytes() as f64);
         let over = self.max_bytes > 0 && self.bytes() > self.max_bytes;
         if over != self.full.swap(over, Ordering::Relaxed) {
             tracing::warn!(

@@ -141,7 +141,6 @@ fn pass(spools: &Spools, dir: &Path, retain_secs: u64, positions: &Positions) {
             }
             Err(e) => tracing::warn!(queue, error = %e, "spool: retention pass failed"),
         }
-        metrics::gauge!("sms_ingress_spool_bytes", "queue" => queue).set(feed.bytes() as f64);
     }
 }
 
