@@ -71,11 +71,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The key under which retries of the same delivery collapse (`MessageSid`, plus `MessageStatus` for reports).
+    /// The key under which retries of the same delivery collapse: `AccountSid`,
+    /// `MessageSid`, and `MessageStatus` for reports — scoped by the account, so one
+    /// tenant can never suppress another's message by reusing its `MessageSid`.
     pub fn dedup_key(&self) -> String {
         match &self.message_status {
-            Some(st) => format!("{}:{}", self.message_sid, st),
-            None => self.message_sid.clone(),
+            Some(st) => format!("{}:{}:{}", self.account_sid, self.message_sid, st),
+            None => format!("{}:{}", self.account_sid, self.message_sid),
         }
     }
 }

@@ -107,6 +107,21 @@ impl Dedup {
         self.seen.insert(key.into(), Instant::now());
     }
 
+    /// Records a key made durable `age` ago (rebuilt from the spool at start); one older
+    /// than the window is not kept.
+    pub(crate) fn accepted_ago(&self, key: &str, age: Duration) {
+        if age >= self.window {
+            return;
+        }
+        let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.seen.insert(key.into(), at);
+    }
+
+    /// The window a retry counts as a duplicate in.
+    pub(crate) fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Forgets expired keys, then the oldest ones while over the bound; run periodically.
     pub(crate) fn sweep(&self) {
         let mut cutoff = self.window;
@@ -179,5 +194,18 @@ mod tests {
         d.sweep();
         assert!(d.len() <= 3);
         assert!(d.is_duplicate("5"));
+
+        // Rebuilt at start: a key made durable inside the window is a duplicate for the
+        // rest of it; one older than the window is not kept.
+        let d = Dedup::new(Duration::from_millis(200), 10);
+        d.accepted_ago("recent", Duration::from_millis(150));
+        d.accepted_ago("old", Duration::from_millis(250));
+        assert!(d.is_duplicate("recent") && !d.is_duplicate("old"));
+        assert_eq!(d.len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            !d.is_duplicate("recent"),
+            "its window ends 200 ms after it was stored"
+        );
     }
 }

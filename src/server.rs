@@ -34,11 +34,25 @@ fn spool_factory(
     cfg: &Config,
     delivery: Option<Arc<Delivery>>,
     spools: Arc<Spools>,
+    dedup: Arc<Dedup>,
 ) -> SinkFactory {
     let (dir, segment_bytes) = (cfg.sink.dir.clone(), cfg.sink.segment_bytes);
     let (preallocate, max_bytes) = (cfg.sink.preallocate_bytes, cfg.sink.max_queue_bytes);
     Box::new(move |queue: &str| {
         let writer = SpoolWriter::open(&dir, queue, segment_bytes)?.with_preallocation(preallocate);
+        // Deliveries stored within the dedup window before a restart stay duplicates.
+        let started = std::time::Instant::now();
+        let remembered = spool::recent::recent(&dir, queue, dedup.window(), |key, age| {
+            dedup.accepted_ago(&key, age)
+        })?;
+        if remembered > 0 {
+            tracing::info!(
+                queue,
+                remembered,
+                ms = started.elapsed().as_millis() as u64,
+                "dedup: deliveries of the window read back from the spool"
+            );
+        }
         let feed = Arc::new(Feed::new(
             queue,
             writer.next_offset(),
@@ -93,9 +107,10 @@ async fn sink_factory(
     cfg: &Config,
     delivery: Option<Arc<Delivery>>,
     spools: Arc<Spools>,
+    dedup: Arc<Dedup>,
 ) -> anyhow::Result<(SinkFactory, Option<SinkProbe>)> {
     match cfg.sink.kind {
-        SinkKind::Spool => Ok((spool_factory(cfg, delivery, spools), None)),
+        SinkKind::Spool => Ok((spool_factory(cfg, delivery, spools, dedup), None)),
         SinkKind::Nats => {
             let conn = NatsConnection::connect(&cfg.sink.nats).await?;
             conn.ensure_stream(&cfg.sink.nats).await?;
@@ -206,7 +221,12 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let inventory = Arc::new(Inventory::default());
     let delivery = Delivery::from_config(&cfg)?;
     let spools = Arc::new(Spools::default());
-    let (factory, probe) = sink_factory(&cfg, delivery.clone(), spools.clone()).await?;
+    let dedup = Arc::new(Dedup::new(
+        Duration::from_secs(cfg.policy.dedup_window_secs),
+        cfg.policy.dedup_max_entries,
+    ));
+    let (factory, probe) =
+        sink_factory(&cfg, delivery.clone(), spools.clone(), dedup.clone()).await?;
     if cfg.sink.kind == SinkKind::Spool {
         tokio::spawn(spool::retention::run(
             spools,
@@ -225,10 +245,6 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         dispatcher = dispatcher.with_probe(probe);
     }
     let dispatcher = Arc::new(dispatcher);
-    let dedup = Arc::new(Dedup::new(
-        Duration::from_secs(cfg.policy.dedup_window_secs),
-        cfg.policy.dedup_max_entries,
-    ));
     let dead_letters = Arc::new(DeadLetters::new(&cfg, inventory.clone()));
     let webhook = Arc::new(Webhook::new(
         region.key,

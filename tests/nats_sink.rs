@@ -195,13 +195,16 @@ fn accepted_webhooks_are_in_the_stream_exactly_once() {
     assert_eq!(stored.len(), 4, "{stored:#?}");
     for (n, rec) in stored.iter().take(3).enumerate() {
         assert_eq!(rec.subject, "sms.inbound.org-a.support");
-        assert_eq!(rec.msg_id, format!("inbound:{}", sid(n + 1)));
+        assert_eq!(rec.msg_id, format!("inbound:{ACCOUNT}:{}", sid(n + 1)));
         assert_eq!(rec.org, "org-a");
         assert_eq!(rec.env.body, bodies[n].as_bytes(), "original bytes kept");
         assert_eq!(rec.env.message_sid, sid(n + 1));
     }
     assert_eq!(stored[3].subject, "sms.status.org-a.support");
-    assert_eq!(stored[3].msg_id, format!("status:{}:delivered", sid(1)));
+    assert_eq!(
+        stored[3].msg_id,
+        format!("status:{ACCOUNT}:{}:delivered", sid(1))
+    );
     assert_eq!(stored[3].env.message_status.as_deref(), Some("delivered"));
     assert!(s
         .metrics()
@@ -239,7 +242,7 @@ fn a_retry_sent_to_two_instances_is_stored_once() {
     assert_eq!(b.post_signed("mo", &body, TOKEN).status, 200);
     let stored = read_stream(&nats.url());
     assert_eq!(stored.len(), 1, "{stored:#?}");
-    assert_eq!(stored[0].msg_id, format!("inbound:{}", sid(7)));
+    assert_eq!(stored[0].msg_id, format!("inbound:{ACCOUNT}:{}", sid(7)));
     assert_eq!(
         b.metric(r#"sms_ingress_nats_duplicate_acks_total{queue="org-a/support"}"#),
         1.0

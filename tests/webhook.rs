@@ -380,3 +380,63 @@ fn secrets_and_bodies_never_logged() {
         "auth token in clear in the state file"
     );
 }
+
+#[test]
+fn another_tenant_reusing_a_message_sid_never_suppresses_ours() {
+    let (s, _) = server_with_number(Options::default());
+    // Org B: its own Twilio account and number, signing correctly for them.
+    let (b_account, b_token, b_number) = (
+        "AC11111111111111111111111111111111",
+        "token-b",
+        "+14155550177",
+    );
+    let r = s.admin(
+        "POST",
+        "/api/v1/integrations",
+        OTHER_ORG_TOKEN,
+        Some(&json!({"name": "b", "account_sid": b_account, "auth_token": b_token})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let b_id = r.json()["id"].as_str().unwrap().to_string();
+    let number = json!({"sender_id": b_number, "type": "local", "country": "US", "queue": "support", "integration_id": b_id});
+    let r = s.admin("POST", "/api/v1/numbers", OTHER_ORG_TOKEN, Some(&number));
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let sid = "SM0000000000000000000000000000cafe";
+    let theirs = inbound_body(b_number, CUSTOMER, b_account, sid, "first, from org b");
+    assert_eq!(s.post_signed("mo", &theirs, b_token).status, 200);
+    let ours = inbound(sid, "ours, same MessageSid");
+    assert_eq!(s.post_signed("mo", &ours, TOKEN).status, 200);
+    let a = s.spool_tail("org-a/support");
+    assert_eq!(a.len(), 1, "org a's message is stored: {a:?}");
+    assert_eq!(a[0]["params"]["Body"], "ours, same MessageSid");
+    assert_eq!(s.spool_tail("org-b/support").len(), 1);
+    // A real retry of ours is still a duplicate.
+    assert_eq!(s.post_signed("mo", &ours, TOKEN).status, 200);
+    assert_eq!(s.spool_tail("org-a/support").len(), 1);
+    assert_eq!(s.metric("sms_ingress_duplicates_total"), 1.0);
+}
+
+#[test]
+fn a_retry_after_a_restart_is_still_a_duplicate() {
+    let (s, _) = server_with_number(Options::default());
+    let body = inbound("SM0000000000000000000000000000beef", "before the restart");
+    assert_eq!(s.post_signed("mo", &body, TOKEN).status, 200);
+    let report = status_body(
+        OURS,
+        CUSTOMER,
+        ACCOUNT,
+        "SM0000000000000000000000000000beef",
+        "delivered",
+    );
+    assert_eq!(s.post_signed("status", &report, TOKEN).status, 200);
+    let s = s.restart(); // kill -9, then start on the same directory
+    assert_eq!(s.post_signed("mo", &body, TOKEN).status, 200);
+    assert_eq!(s.post_signed("status", &report, TOKEN).status, 200);
+    assert_eq!(s.spool_tail("support").len(), 2, "each stored once");
+    assert_eq!(s.metric("sms_ingress_duplicates_total"), 2.0);
+    // A new delivery still goes in.
+    let next = inbound("SM0000000000000000000000000000bee2", "after");
+    assert_eq!(s.post_signed("mo", &next, TOKEN).status, 200);
+    assert_eq!(s.spool_tail("support").len(), 3);
+}

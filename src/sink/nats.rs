@@ -448,12 +448,22 @@ mod tests {
     fn message_ids_keep_kinds_apart() {
         let mut env = Envelope {
             message_sid: "SM1".into(),
+            account_sid: "AC1".into(),
             ..crate::fixtures::envelope()
         };
-        assert_eq!(message_id(&env), "inbound:SM1");
+        assert_eq!(message_id(&env), "inbound:AC1:SM1");
+        let other_tenant = Envelope {
+            account_sid: "AC2".into(),
+            ..env.clone()
+        };
+        assert_ne!(
+            message_id(&other_tenant),
+            message_id(&env),
+            "scoped by account"
+        );
         env.kind = Kind::Status;
         env.message_status = Some("delivered".into());
-        assert_eq!(message_id(&env), "status:SM1:delivered");
+        assert_eq!(message_id(&env), "status:AC1:SM1:delivered");
         assert_eq!(
             subject(Kind::Status, "org-a/support"),
             "sms.status.org-a.support"
