@@ -214,6 +214,7 @@ fn migrate_spool(cfg: &Config, state: &State) -> anyhow::Result<()> {
 
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
 pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> anyhow::Result<()> {
+    check_envelope_bound(&cfg)?;
     let prometheus = crate::telemetry::install_recorder()?;
     let key = Arc::new(MasterKey::load(cfg.control.master_key_file.as_deref())?);
     let region = cfg.region();
@@ -488,8 +489,24 @@ async fn sweep_dedup(dedup: Arc<Dedup>, window: Duration) {
     }
 }
 
+/// Refuses a `server.max_body_bytes` whose envelopes could exceed a sink record.
+fn check_envelope_bound(cfg: &Config) -> anyhow::Result<()> {
+    let most = crate::sink::max_body_bytes_for(cfg.limits.max_header_bytes, &cfg.server.public_url);
+    anyhow::ensure!(
+        cfg.server.max_body_bytes <= most,
+        "server.max_body_bytes = {}: an envelope of such a body (the body, the fields decoded \
+         from it, the signature header, the URL) can exceed the sink's record limit of {} bytes; \
+         at most {most} with limits.max_header_bytes = {}",
+        cfg.server.max_body_bytes,
+        crate::sink::MAX_RECORD_BYTES,
+        cfg.limits.max_header_bytes,
+    );
+    Ok(())
+}
+
 /// `check-config`: everything `serve` would refuse to start on, without binding anything.
 pub fn check(cfg: &Config) -> anyhow::Result<String> {
+    check_envelope_bound(cfg)?;
     let key = MasterKey::load(cfg.control.master_key_file.as_deref())?;
     let (state, control) = match cfg.control.store {
         StoreKind::File => (

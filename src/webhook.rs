@@ -258,6 +258,10 @@ impl Webhook {
             signed_url: format!("{}{suffix}", self.url_bases[url_index]),
             body: body.clone(),
         };
+        if envelope.encoded_len() > crate::sink::MAX_RECORD_BYTES {
+            // Alone: in a batch it would fail every envelope with it.
+            return Outcome::Rejected(StatusCode::PAYLOAD_TOO_LARGE, "envelope_too_large");
+        }
         if let Some(reason) = drop_reason(&entry) {
             return self.dead_letter(reason, envelope).await;
         }

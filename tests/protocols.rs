@@ -345,3 +345,29 @@ fn check_config_validates_tls_files() {
     assert!(!status.success(), "serve exited 0 on a garbage key: {err}");
     assert!(err.contains("server.tls_key"), "{err}");
 }
+
+#[test]
+fn check_config_refuses_a_body_limit_whose_envelopes_cannot_fit_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &Options::default());
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (limit, ok) in [("16777216", false), ("8388608", false), ("4194304", true)] {
+        std::fs::write(
+            &config,
+            text.replace(
+                "max_body_bytes = 4096",
+                &format!("max_body_bytes = {limit}"),
+            ),
+        )
+        .unwrap();
+        let out = check_config(&config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "max_body_bytes = {limit}: {err}");
+        if !ok {
+            assert!(
+                err.contains("server.max_body_bytes") && err.contains("record limit"),
+                "{err}"
+            );
+        }
+    }
+}

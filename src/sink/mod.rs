@@ -6,6 +6,21 @@ pub mod spool;
 
 use crate::envelope::Envelope;
 
+/// The largest encoded envelope a sink stores (a spool frame's limit): a webhook whose
+/// envelope is larger is refused alone, before it joins (and fails) a batch.
+pub(crate) const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// What an envelope can hold besides the body and the fields decoded from it, apart from
+/// its headers and URL: ids, names, the number, framing.
+const ENVELOPE_FIXED_BYTES: usize = 2048;
+
+/// The largest `server.max_body_bytes` whose envelopes always fit a record, given the
+/// header limit and the public URL: the body, the fields decoded from it (at most the
+/// body again), the signature and idempotency headers, the signed URL.
+pub fn max_body_bytes_for(max_header_bytes: usize, public_url: &str) -> usize {
+    MAX_RECORD_BYTES.saturating_sub(max_header_bytes + public_url.len() + ENVELOPE_FIXED_BYTES) / 2
+}
+
 /// A sink's own error, kept whole as the source.
 pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 

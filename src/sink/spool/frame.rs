@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 /// Bytes of the frame header before each payload (length, crc32).
 pub(crate) const FRAME_HEADER_BYTES: u64 = 8;
 /// Largest payload accepted; a larger length on disk is corruption, not a record.
-pub(crate) const MAX_RECORD_BYTES: u32 = 16 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: u32 = crate::sink::MAX_RECORD_BYTES as u32;
 
 /// What lies at a position of a segment.
 #[derive(Debug, PartialEq, Eq)]
