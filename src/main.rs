@@ -151,21 +151,55 @@ enum NatsCommand {
     },
 }
 
+/// Where the Auth Token comes from: a file or the environment keep it out of `ps`.
+#[derive(Args)]
+struct TokenArg {
+    /// The Auth Token itself (visible to anyone who can run `ps`: prefer --token-file or
+    /// SMS_INGRESS_TWILIO_TOKEN).
+    #[arg(long, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the Auth Token (its first line).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArg {
+    /// --token, else --token-file, else SMS_INGRESS_TWILIO_TOKEN.
+    fn token(self) -> anyhow::Result<String> {
+        if let Some(t) = self.token {
+            return Ok(t);
+        }
+        if let Some(path) = self.token_file {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("--token-file {}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(!token.is_empty(), "--token-file {}: empty", path.display());
+            return Ok(token);
+        }
+        match std::env::var("SMS_INGRESS_TWILIO_TOKEN") {
+            Ok(t) if !t.is_empty() => Ok(t),
+            _ => anyhow::bail!(
+                "no Auth Token: give --token-file FILE, set SMS_INGRESS_TWILIO_TOKEN, or --token TOKEN (visible in ps)"
+            ),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum SignatureCommand {
     /// Print the signature Twilio would send for the form body on stdin.
     Compute {
         #[arg(long)]
         url: String,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        token: TokenArg,
     },
     /// Exit 0 if the signature matches the form body on stdin, 1 if not; prints the signed string.
     Verify {
         #[arg(long)]
         url: String,
-        #[arg(long)]
-        token: String,
+        #[command(flatten)]
+        token: TokenArg,
         #[arg(long)]
         signature: String,
     },
@@ -375,6 +409,7 @@ fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
     let form = Form::parse(trimmed).context("stdin is not a form-encoded body")?;
     match command {
         SignatureCommand::Compute { url, token } => {
+            let token = token.token()?;
             println!("{}", signature::compute(&url, &form, token.as_bytes()));
             Ok(ExitCode::SUCCESS)
         }
@@ -383,6 +418,7 @@ fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
             token,
             signature: sig,
         } => {
+            let token = token.token()?;
             let urls = signature::url_variants(&url).context("--url")?;
             let keys = [signature::key(token.as_bytes())];
             let matched = signature::verify(&urls, "", &form, &keys, sig.as_bytes());

@@ -440,3 +440,54 @@ fn a_retry_after_a_restart_is_still_a_duplicate() {
     assert_eq!(s.post_signed("mo", &next, TOKEN).status, 200);
     assert_eq!(s.spool_tail("support").len(), 3);
 }
+
+#[test]
+fn the_signature_tool_takes_the_token_from_a_file_or_the_environment() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let path = TestServer::webhook_path("mo");
+    let url = format!("{PUBLIC_URL}{path}");
+    let body = inbound("SM00000000000000000000000000000042", "hi");
+    let expected = sign(&path, &body, TOKEN);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sms-ingress"));
+        cmd.args(["signature", "compute", "--url", &url])
+            .args(args)
+            .env_remove("SMS_INGRESS_TWILIO_TOKEN");
+        if let Some(t) = env {
+            cmd.env("SMS_INGRESS_TWILIO_TOKEN", t);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file_arg = file.to_str().unwrap();
+    assert_eq!(run(&["--token-file", file_arg], None).1, expected);
+    assert_eq!(run(&[], Some(TOKEN)).1, expected);
+    assert_eq!(
+        run(&["--token", TOKEN], Some("other")).1,
+        expected,
+        "the flag wins"
+    );
+    let (code, _, err) = run(&[], None);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--token-file"), "{err}");
+}
