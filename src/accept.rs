@@ -10,8 +10,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Pause after a failed accept before the next try.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Pause after a failed accept: 1 ms, doubling on each further failure up to 1 s, back
+/// to 1 ms after a success (out of file descriptors, the loop must not spin a core).
+const BACKOFF_FIRST: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A side listener (metrics, admin): connections served at once, and the time a client
+/// has to send a request head.
+pub(crate) const SIDE_MAX_CONNECTIONS: usize = 128;
+const SIDE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The next pause after `current` (doubling, capped).
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).min(BACKOFF_MAX)
+}
 
 /// A listening socket (TCP or Unix).
 pub(crate) trait Listener: Send + 'static {
@@ -71,18 +83,26 @@ pub(crate) async fn serve<L, F, Fut>(
         accept.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let errors = metrics::counter!("sms_ingress_accept_errors_total", "listener" => accept.name);
+    let mut backoff = BACKOFF_FIRST;
     loop {
         let accepted = tokio::select! {
             a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
             _ = shutdown.signalled() => return,
         };
         let (io, peer) = match accepted {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff = BACKOFF_FIRST;
+                conn
+            }
             Err(e) => {
-                tracing::warn!(listener = accept.name, error = %e, "accept failed");
+                if backoff == BACKOFF_FIRST {
+                    tracing::warn!(listener = accept.name, error = %e, "accept failed; backing off");
+                }
                 errors.increment(1);
+                let pause = backoff;
+                backoff = next_backoff(backoff);
                 tokio::select! {
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = tokio::time::sleep(pause) => continue,
                     _ = shutdown.signalled() => return,
                 }
             }
@@ -100,8 +120,8 @@ pub(crate) async fn serve<L, F, Fut>(
     }
 }
 
-/// Serves one HTTP/1.1 connection (metrics, admin) until it ends; once shutdown begins,
-/// its in-flight request finishes and it closes.
+/// Serves one HTTP/1.1 connection (metrics, admin) until it ends, a request head taking
+/// at most 10 s; once shutdown begins, its in-flight request finishes and it closes.
 pub(crate) async fn serve_http1<I, S, B>(io: I, service: S, mut shutdown: Shutdown)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -114,6 +134,7 @@ where
 {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(SIDE_HEADER_READ_TIMEOUT)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -125,5 +146,23 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_1ms_to_1s() {
+        let mut b = BACKOFF_FIRST;
+        let mut seen = vec![b];
+        for _ in 0..12 {
+            b = next_backoff(b);
+            seen.push(b);
+        }
+        assert_eq!(seen[1], Duration::from_millis(2));
+        assert_eq!(seen[10], Duration::from_millis(1000), "{seen:?}");
+        assert!(seen.iter().all(|d| *d <= BACKOFF_MAX));
     }
 }

@@ -146,7 +146,7 @@ pub(crate) async fn serve_metrics(
     });
     let accept = crate::accept::Accept {
         name: "metrics",
-        max_connections: usize::MAX,
+        max_connections: crate::accept::SIDE_MAX_CONNECTIONS,
     };
     crate::accept::serve(listener, accept, shutdown, move |stream, _, shutdown| {
         let (handle, before_scrape) = (handle.clone(), before_scrape.clone());

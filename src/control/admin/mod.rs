@@ -398,7 +398,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 pub async fn serve(listener: tokio::net::UnixListener, api: Arc<AdminApi>, shutdown: Shutdown) {
     let accept = crate::accept::Accept {
         name: "admin",
-        max_connections: usize::MAX,
+        max_connections: crate::accept::SIDE_MAX_CONNECTIONS,
     };
     crate::accept::serve(listener, accept, shutdown, move |stream, _, shutdown| {
         let api = Arc::clone(&api);
