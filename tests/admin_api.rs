@@ -650,3 +650,38 @@ async fn dead_letter_replay_checks_permission_org_and_status() {
     assert_eq!(v, json!({"replayed": 0, "skipped": 0, "remaining": 0}));
     h.stop().await;
 }
+
+#[tokio::test]
+async fn names_and_notes_are_bounded() {
+    let h = Harness::start().await;
+    let sid = format!("AC{}", "2e".repeat(16));
+    let long_name = "n".repeat(201);
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/api/v1/integrations",
+            ADMIN_A,
+            Some(json!({"name": long_name, "account_sid": sid, "auth_token": AUTH_TOKEN})),
+        )
+        .await;
+    assert_eq!(status.as_u16() / 100, 4, "{body}");
+    assert!(body.to_string().contains("200 characters"), "{body}");
+    let id = h.create_integration(ADMIN_A, &"é".repeat(200)).await;
+    let before = h.file_text();
+    let (status, body) = h
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/integrations/{id}"),
+            ADMIN_A,
+            Some(json!({"notes": "x".repeat(4001)})),
+        )
+        .await;
+    assert_eq!(status.as_u16() / 100, 4, "{body}");
+    assert!(body.to_string().contains("4000 characters"), "{body}");
+    assert_eq!(
+        h.file_text(),
+        before,
+        "a refused change leaves the state untouched"
+    );
+    h.stop().await;
+}

@@ -392,6 +392,26 @@ pub fn check_integration(i: &Integration) -> Result<(), StateError> {
             i.id, i.account_sid
         )));
     }
+    check_text_limits(&i.name, &i.notes)
+        .map_err(|m| StateError::Invalid(format!("integration {}: {m}", i.id)))?;
+    Ok(())
+}
+
+/// An integration's `name`, in characters: a tenant names it, so it is bounded.
+pub const MAX_NAME_CHARS: usize = 200;
+/// An integration's `notes`, in characters.
+pub const MAX_NOTES_CHARS: usize = 4000;
+
+/// Whether an integration's name and notes are within their limits; the message says which.
+pub fn check_text_limits(name: &str, notes: &str) -> Result<(), String> {
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("name is longer than {MAX_NAME_CHARS} characters"));
+    }
+    if notes.chars().count() > MAX_NOTES_CHARS {
+        return Err(format!(
+            "notes are longer than {MAX_NOTES_CHARS} characters"
+        ));
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use super::{Ctx, IntegrationInfo, OpError};
 use crate::control::store::Applied;
 use crate::model::crypto::Secret;
-use crate::model::state::{is_account_sid, Integration, IntegrationStatus};
+use crate::model::state::{check_text_limits, is_account_sid, Integration, IntegrationStatus};
 use serde::Deserialize;
 
 /// The request body.
@@ -25,7 +25,9 @@ pub(crate) fn run(
     ctx: &Ctx<'_>,
     req: CreateIntegration,
 ) -> Result<Applied<IntegrationInfo>, OpError> {
+    let limits = check_text_limits(&req.name, &req.notes);
     let valid_for_twilio = !req.name.trim().is_empty()
+        && limits.is_ok()
         && is_account_sid(&req.account_sid)
         && !req.auth_token.trim().is_empty();
     // A request the local checks refuse is left to them (their message is the useful one).
@@ -36,6 +38,7 @@ pub(crate) fn run(
     if req.name.trim().is_empty() {
         return Err(OpError::Invalid("name must not be empty".into()));
     }
+    limits.map_err(OpError::Invalid)?;
     if !is_account_sid(&req.account_sid) {
         return Err(OpError::Invalid(
             "account_sid must be AC followed by 32 hex digits".into(),

@@ -70,6 +70,9 @@ pub(crate) fn run(
     if req.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
         return Err(OpError::Invalid("name must not be empty".into()));
     }
+    let notes = req.notes.clone().flatten().unwrap_or_default();
+    crate::model::state::check_text_limits(req.name.as_deref().unwrap_or(""), &notes)
+        .map_err(OpError::Invalid)?;
     let auth_token = req
         .auth_token
         .as_deref()
