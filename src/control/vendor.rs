@@ -45,6 +45,16 @@ pub enum VendorError {
     /// The body was not the JSON Twilio documents.
     #[error("Twilio's answer could not be understood ({0})")]
     BadResponse(String),
+    /// A configured base URL would send Auth Tokens in clear text off this host.
+    #[error(
+        "{key} {url:?}: plain http:// only to a loopback host (Auth Tokens are sent); use https://"
+    )]
+    InsecureBase {
+        /// The config key naming the base.
+        key: &'static str,
+        /// The configured value.
+        url: String,
+    },
     /// A configured base URL is not an absolute http(s) URL.
     #[error("{key} {url:?} is not an absolute http:// or https:// URL")]
     BadBase {
@@ -63,7 +73,7 @@ impl VendorError {
             VendorError::CredentialsRejected => "vendor_credentials_rejected",
             VendorError::Unreachable(_) => "vendor_unreachable",
             VendorError::Unexpected(_) | VendorError::BadResponse(_) => "vendor_error",
-            VendorError::BadBase { .. } => "internal",
+            VendorError::BadBase { .. } | VendorError::InsecureBase { .. } => "internal",
         }
     }
 }
@@ -120,6 +130,20 @@ impl Base {
         };
         if uri.query().is_some() {
             return Err(bad());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if scheme == "http" && !loopback {
+            return Err(VendorError::InsecureBase {
+                key,
+                url: url.to_string(),
+            });
         }
         let origin = format!("{scheme}://{authority}");
         let url = format!("{origin}{}", uri.path().trim_end_matches('/'));
@@ -516,6 +540,27 @@ mod tests {
     fn bases_and_rebasing() {
         assert!(Base::parse("k", "ftp://x").is_err());
         assert!(Base::parse("k", "/relative").is_err());
+        // Plain http only to this host: Auth Tokens travel in the request.
+        for insecure in [
+            "http://api.twilio.com",
+            "http://10.0.0.5:8080",
+            "http://[2001:db8::1]",
+        ] {
+            assert!(
+                matches!(
+                    Base::parse("k", insecure),
+                    Err(VendorError::InsecureBase { .. })
+                ),
+                "{insecure}"
+            );
+        }
+        for local in [
+            "http://127.0.0.1:9999",
+            "http://localhost:1/v1",
+            "http://[::1]:80",
+        ] {
+            assert!(Base::parse("k", local).is_ok(), "{local}");
+        }
         let b = Base::parse("k", "https://messaging.twilio.com/v1/").unwrap();
         assert_eq!(b.url, "https://messaging.twilio.com/v1");
         assert_eq!(

@@ -104,7 +104,9 @@ impl From<VendorError> for ApiError {
                 StatusCode::BAD_GATEWAY,
                 format!("{e}; nothing was changed, try again later."),
             ),
-            VendorError::BadBase { .. } => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            VendorError::BadBase { .. } | VendorError::InsecureBase { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         };
         ApiError::new(status, e.code(), message)
     }
