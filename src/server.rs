@@ -215,6 +215,7 @@ fn migrate_spool(cfg: &Config, state: &State) -> anyhow::Result<()> {
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
 pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> anyhow::Result<()> {
     check_envelope_bound(&cfg)?;
+    refuse_if_another_instance(&cfg.control.admin_socket)?;
     let prometheus = crate::telemetry::install_recorder()?;
     let key = Arc::new(MasterKey::load(cfg.control.master_key_file.as_deref())?);
     let region = cfg.region();
@@ -472,10 +473,28 @@ fn bind_admin_socket(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixL
         );
         std::fs::remove_file(path)?;
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .with_context(|| format!("control.admin_socket {}", path.display()))?;
+    // Bound under a umask, so the socket is never open to others, even briefly.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    unsafe { libc::umask(previous) };
+    let listener = bound.with_context(|| format!("control.admin_socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Refuses to start when a live process answers the admin socket: another instance runs
+/// on this state and spool (a stale socket of a dead one is replaced at bind).
+fn refuse_if_another_instance(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    anyhow::ensure!(
+        !(is_socket && std::os::unix::net::UnixStream::connect(path).is_ok()),
+        "control.admin_socket {} is answered by a running process: another sms-ingress \
+         instance is using this configuration's state and spool; stop it first",
+        path.display()
+    );
+    Ok(())
 }
 
 async fn sweep_dedup(dedup: Arc<Dedup>, window: Duration) {
