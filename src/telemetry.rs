@@ -88,6 +88,7 @@ pub(crate) const METRICS: &[(MetricKind, &str, &str)] = {
         (C, "sms_ingress_spool_segments_deleted_total", "Spool segments deleted by retention (delivered, committed and older than retain_secs)"),
         (C, "sms_ingress_nats_duplicate_acks_total", "Publishes JetStream acknowledged as duplicates (stored once)"),
         (G, "sms_ingress_nats_connected", "1 while the NATS sink's connection is up"),
+        (G, "sms_ingress_nats_stream_replicas", "Replicas of the NATS sink's stream (fewer than 3 is warned at start)"),
         (G, "sms_ingress_ready", "1 while /readyz answers 200"),
         (G, "sms_ingress_snapshot_version", "Version of the serving inventory snapshot"),
         (G, "sms_ingress_snapshot_numbers", "Numbers in the serving inventory snapshot"),

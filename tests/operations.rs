@@ -240,6 +240,16 @@ fn a_live_scrape_is_clean_and_exports_every_name_the_rules_and_dashboard_use() {
         },
     );
     assert_eq!(send(&fleet, 200), 200);
+    // A one-replica stream is reported and warned about.
+    assert_eq!(fleet.metric("sms_ingress_nats_stream_replicas"), 1.0);
+    let mut fleet = fleet;
+    assert!(
+        fleet
+            .logs()
+            .iter()
+            .any(|l| l.contains("fewer than 3 replicas")),
+        "no replica warning"
+    );
 
     let mut names = BTreeSet::new();
     for s in [&spool, &fleet] {

@@ -93,6 +93,19 @@ pub(crate) fn filter(queue: &str) -> String {
 }
 
 /// `Nats-Msg-Id` of an envelope: the kind keeps inbound and status keys apart.
+/// The stream's replica count as a gauge, and a warning below 3: with fewer, a 200 is
+/// only as durable as one or two servers' disks (docs/FLEET.md, "Durability").
+fn report_replicas(stream: &str, replicas: usize) {
+    metrics::gauge!("sms_ingress_nats_stream_replicas").set(replicas as f64);
+    if replicas < 3 {
+        tracing::warn!(
+            stream,
+            replicas,
+            "nats: the stream has fewer than 3 replicas; a server's loss or a power cut can lose acknowledged messages (docs/FLEET.md)"
+        );
+    }
+}
+
 pub(crate) fn message_id(env: &Envelope) -> String {
     format!("{}:{}", env.kind.as_str(), env.dedup_key())
 }
@@ -200,6 +213,7 @@ impl NatsConnection {
         let created = self.js.create_stream(stream_config(cfg)).await;
         let Err(create_error) = created else {
             tracing::info!(stream = %self.stream, subjects = ?cfg.subjects, replicas = cfg.replicas, "nats: created stream");
+            report_replicas(&self.stream, cfg.replicas);
             return Ok(());
         };
         match self.js.get_stream(&cfg.stream).await {
@@ -216,6 +230,7 @@ impl NatsConnection {
             });
         }
         tracing::info!(stream = %self.stream, subjects = ?existing.subjects, replicas = existing.num_replicas, "nats: using existing stream");
+        report_replicas(&self.stream, existing.num_replicas);
         Ok(())
     }
 
