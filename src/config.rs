@@ -83,6 +83,11 @@ pub struct ControlConfig {
     pub vendor_timeout_ms: u64,
     /// JSON-lines audit log of every control-plane change.
     pub audit_log: PathBuf,
+    /// Size at which the audit log is rotated (`.1`, `.2`, …); 0: never (logrotate, with
+    /// SIGHUP to reopen).
+    pub audit_max_bytes: u64,
+    /// Rotated audit logs kept.
+    pub audit_keep: usize,
     /// Watch the state file and swap in valid external edits.
     pub watch_state_file: bool,
     pub admin_tokens: Vec<AdminToken>,
@@ -179,6 +184,8 @@ impl Default for ControlConfig {
             vendor_checks: true,
             vendor_timeout_ms: 5000,
             audit_log: "data/audit.log".into(),
+            audit_max_bytes: 100 * 1024 * 1024,
+            audit_keep: 5,
             watch_state_file: true,
             admin_tokens: Vec::new(),
             store: StoreKind::File,
@@ -722,6 +729,9 @@ impl Config {
         }
         if l.max_header_bytes < 1024 {
             return invalid("limits.max_header_bytes", "must be at least 1024");
+        }
+        if self.control.audit_keep == 0 || self.control.audit_keep > 1000 {
+            return invalid("control.audit_keep", "must be between 1 and 1000");
         }
         if self.control.vendor_timeout_ms == 0 {
             return invalid("control.vendor_timeout_ms", "must be at least 1");

@@ -265,7 +265,9 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         webhook.clone(),
     );
     let (store, kv_watch) = open_store(&cfg, key.clone(), publish, webhook.clone()).await?;
-    let store = Arc::new(store.with_audit(AuditLog::open(&cfg.control.audit_log)?));
+    let audit = AuditLog::open(&cfg.control.audit_log)?
+        .with_rotation(cfg.control.audit_max_bytes, cfg.control.audit_keep);
+    let store = Arc::new(store.with_audit(audit));
     let watch_file = cfg.control.watch_state_file;
     let _file_watch = store.spawn_followers(kv_watch, watch_file)?;
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
@@ -386,6 +388,8 @@ async fn reload_on_sighup(hup: std::io::Result<tokio::signal::unix::Signal>, mut
         return;
     };
     while hup.recv().await.is_some() {
+        // After logrotate moved it: a fresh file at the path, whatever the config says.
+        r.admin.store().audit().reopen();
         match Config::load(&r.path) {
             Ok(new) => apply_reload(&mut r, new),
             Err(e) => {

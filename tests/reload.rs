@@ -61,3 +61,33 @@ fn sighup_swaps_admin_tokens_and_rejects_a_broken_config() {
         .any(|l| l.contains("SIGHUP: config reloaded")));
     assert!(s.metric(r#"sms_ingress_config_reloads_total{result="rejected"}"#) >= 1.0);
 }
+
+#[test]
+fn sighup_reopens_the_audit_log_after_logrotate_moved_it() {
+    let mut s = TestServer::start(Options::default());
+    let audit = s.dir.join("audit.log");
+    let create = |s: &TestServer, name: &str, sid: &str| {
+        let r = s.admin(
+            "POST",
+            "/api/v1/integrations",
+            ADMIN_TOKEN,
+            Some(&serde_json::json!({"name": name, "account_sid": sid, "auth_token": "t"})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    };
+    create(&s, "before", &format!("AC{}", "1".repeat(32)));
+    let moved = s.dir.join("audit.log.moved");
+    std::fs::rename(&audit, &moved).unwrap();
+    hup(&s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.logs().iter().any(|l| l.contains("audit log reopened")) {
+        assert!(Instant::now() < deadline, "audit log not reopened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    create(&s, "after", &format!("AC{}", "2".repeat(32)));
+    let old = std::fs::read_to_string(&moved).unwrap();
+    let new = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert_eq!(new.lines().count(), 1, "{new}");
+    assert!(new.contains("integration.create"), "{new}");
+}

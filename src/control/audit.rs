@@ -89,29 +89,52 @@ pub enum AuditError {
 pub(crate) struct AuditLog {
     file: Option<Mutex<File>>,
     path: PathBuf,
+    /// Rotate once the file holds this many bytes (0: never).
+    max_bytes: u64,
+    /// Rotated files kept (`<path>.1` … `<path>.N`).
+    keep: usize,
+}
+
+/// Opens (creating, owner-only) `path` for appending.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// `<path>.n`.
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
 }
 
 impl AuditLog {
-    /// Opens (creating, owner-only) the log for appending.
+    /// Opens (creating, owner-only) the log for appending; never rotated.
     pub(crate) fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let err = |source| AuditError::Open {
+        let file = open_append(path).map_err(|source| AuditError::Open {
             path: path.display().to_string(),
             source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
+        })?;
         Ok(AuditLog {
             file: Some(Mutex::new(file)),
             path: path.to_path_buf(),
+            max_bytes: 0,
+            keep: 1,
         })
+    }
+
+    /// Rotates the file once it holds `max_bytes` (0: never), keeping `keep` old files.
+    pub(crate) fn with_rotation(mut self, max_bytes: u64, keep: usize) -> AuditLog {
+        self.max_bytes = max_bytes;
+        self.keep = keep.max(1);
+        self
     }
 
     /// A log that records nothing.
@@ -119,6 +142,8 @@ impl AuditLog {
         AuditLog {
             file: None,
             path: PathBuf::new(),
+            max_bytes: 0,
+            keep: 1,
         }
     }
 
@@ -133,6 +158,42 @@ impl AuditLog {
         if let Err(e) = f.write_all(line.as_bytes()).and_then(|_| f.sync_data()) {
             metrics::counter!("sms_ingress_audit_write_errors_total").increment(1);
             tracing::error!(path = %self.path.display(), error = %e, "audit line not written");
+            return;
+        }
+        if self.max_bytes > 0 && f.metadata().is_ok_and(|m| m.len() >= self.max_bytes) {
+            if let Err(e) = self.rotate(&mut f) {
+                tracing::error!(path = %self.path.display(), error = %e, "audit log not rotated");
+            }
+        }
+    }
+
+    /// `<path>.N-1` → `.N`, …, `<path>` → `.1`, then a fresh `<path>`.
+    fn rotate(&self, f: &mut File) -> std::io::Result<()> {
+        for n in (1..self.keep).rev() {
+            match std::fs::rename(rotated(&self.path, n), rotated(&self.path, n + 1)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        *f = open_append(&self.path)?;
+        tracing::info!(path = %self.path.display(), keep = self.keep, "audit log rotated");
+        Ok(())
+    }
+
+    /// Opens the path again (after logrotate moved the file away; SIGHUP).
+    pub(crate) fn reopen(&self) {
+        let Some(file) = &self.file else { return };
+        match open_append(&self.path) {
+            Ok(new) => {
+                *file
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+                tracing::info!(path = %self.path.display(), "audit log reopened");
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "audit log not reopened; still writing the old file");
+            }
         }
     }
 }
@@ -249,6 +310,30 @@ mod tests {
         assert_eq!(redact_quoted("a \"b\" c `d` e"), "a \"…\" c `…` e");
         assert_eq!(redact_quoted("unterminated \"secret"), "unterminated \"…");
         assert_eq!(redact_quoted("plain"), "plain");
+    }
+
+    #[test]
+    fn rotates_by_size_keeping_n_and_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("audit.log");
+        let line_len = format_line(&entry(), SystemTime::now()).len() as u64;
+        let log = AuditLog::open(&path)
+            .unwrap()
+            .with_rotation(line_len * 2, 2);
+        for _ in 0..7 {
+            log.record(&entry());
+        }
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        assert_eq!(lines(&rotated(&path, 1)), 2);
+        assert_eq!(lines(&rotated(&path, 2)), 2);
+        assert!(!rotated(&path, 3).exists(), "only 2 kept");
+        assert_eq!(lines(&path), 1, "7 lines: 2 + 2 + 2 (dropped) + 1 current");
+        // logrotate moves the file away; SIGHUP reopens the path.
+        std::fs::rename(&path, tmp.path().join("moved")).unwrap();
+        log.reopen();
+        log.record(&entry());
+        assert_eq!(lines(&path), 1);
+        assert_eq!(lines(&tmp.path().join("moved")), 1);
     }
 
     #[test]
