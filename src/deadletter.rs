@@ -279,6 +279,26 @@ impl DeadLetters {
             }
         }
         report.remaining = lane.pending.load(Ordering::Acquire);
+        // Segments wholly replayed are deleted (never the last, which the writer holds).
+        let (dir, id, replayed_to) = (self.dir.clone(), lane.id.clone(), cursor.next);
+        let deleted = blocking(move || {
+            Ok(crate::sink::spool::retention::apply(
+                &dir,
+                &id,
+                Some(replayed_to),
+                0,
+            )?)
+        })
+        .await;
+        match deleted {
+            Ok((0, _)) => {}
+            Ok((segments, bytes)) => {
+                tracing::info!(integration = %lane.id, segments, bytes, "dead letters: replayed segments deleted")
+            }
+            Err(e) => {
+                tracing::warn!(integration = %lane.id, error = %e, "dead letters: replayed segments not deleted")
+            }
+        }
         Ok(report)
     }
 

@@ -83,9 +83,10 @@ enum SpoolCommand {
         /// Keep waiting for new records.
         #[arg(long)]
         follow: bool,
-        /// Byte offset of the first record to print (from a previous line's `offset`).
-        #[arg(long, default_value_t = 0)]
-        from: u64,
+        /// Byte offset of the first record to print (from a previous line's `offset`);
+        /// default: the oldest record retention has kept.
+        #[arg(long)]
+        from: Option<u64>,
         /// Spool directory; defaults to the config's sink.dir.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -263,7 +264,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let dir = spool_dir(dir, &config)?;
             let queue = sms_ingress::sink::spool::queues::resolve(&dir, &queue)?;
             let from = match group {
-                Some(g) => sms_ingress::sink::spool::groups::committed(&dir, &queue, &g)?,
+                Some(g) => Some(sms_ingress::sink::spool::groups::committed(
+                    &dir, &queue, &g,
+                )?),
                 None => from,
             };
             let mut out = std::io::stdout().lock();

@@ -187,3 +187,46 @@ fn replay_skips_dead_letters_of_numbers_no_longer_in_the_inventory() {
         "a skipped dead letter is not reconsidered"
     );
 }
+
+#[test]
+fn replayed_dead_letter_segments_are_deleted_but_never_the_live_one() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let opts = Options {
+        sink_toml: Some(format!(
+            "[sink]\nkind = \"spool\"\ndir = \"{}/spool\"\nsegment_bytes = 4096\n",
+            dir.display()
+        )),
+        ..Options::default()
+    };
+    let config = write_config(&dir, &opts);
+    let s = TestServer::start_in(dir, config);
+    let number = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support"});
+    let id = setup_number(&s, ACCOUNT, TOKEN, number);
+    set_status(&s, &id, "inactive");
+    for i in 1..=20 {
+        post_ok(&s, &inbound(i));
+    }
+    let dl_dir = s.dir.join("dead-letters").join(&id);
+    let segments = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .count()
+    };
+    let before = segments(&dl_dir);
+    assert!(before >= 3, "{before} segments");
+    set_status(&s, &id, "active");
+    let (status, body) = replay(&s, &id);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replayed"], 20);
+    assert_eq!(segments(&dl_dir), 1, "only the live segment is left");
+    assert_eq!(s.spool_tail("support").len(), 20);
+    // The spool keeps taking dead letters afterwards.
+    set_status(&s, &id, "inactive");
+    post_ok(&s, &inbound(21));
+    assert_eq!(sids(&s.dead_letter_tail(&id)).last(), Some(&sid(21)));
+    set_status(&s, &id, "active");
+    let (_, body) = replay(&s, &id);
+    assert_eq!(body["replayed"], 1);
+}

@@ -28,16 +28,20 @@ use std::time::Duration;
 /// How often `tail --follow` looks for new records.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
-/// Prints the queue's records from `from` as NDJSON; with `follow`, keeps polling for new
+/// Prints the queue's records from `from` (default: the oldest one kept) as NDJSON; with `follow`, keeps polling for new
 /// ones forever, else returns how many it printed. Backs `sms-ingress spool tail`.
 pub fn tail(
     dir: &Path,
     queue: &str,
-    from: u64,
+    from: Option<u64>,
     follow: bool,
     out: &mut dyn io::Write,
 ) -> Result<u64, SpoolError> {
     let mut reader = SpoolReader::open(dir, queue)?;
+    let from = match from {
+        Some(offset) => offset,
+        None => reader.start()?,
+    };
     reader.seek(from);
     let mut printed = 0;
     loop {

@@ -413,7 +413,7 @@ fn tail_prints_ndjson_with_exact_bodies() {
     }
     drop(w);
     let mut out = Vec::new();
-    assert_eq!(tail(tmp.path(), Q, 0, false, &mut out).unwrap(), 12);
+    assert_eq!(tail(tmp.path(), Q, None, false, &mut out).unwrap(), 12);
     let text = String::from_utf8(out).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 12);
@@ -440,7 +440,10 @@ fn tail_prints_ndjson_with_exact_bodies() {
     }
     // `--from` an offset prints from that record on.
     let mut out = Vec::new();
-    assert_eq!(tail(tmp.path(), Q, offsets[5], false, &mut out).unwrap(), 7);
+    assert_eq!(
+        tail(tmp.path(), Q, Some(offsets[5]), false, &mut out).unwrap(),
+        7
+    );
     let first: serde_json::Value =
         serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(first["offset"], offsets[5]);
