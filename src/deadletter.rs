@@ -220,6 +220,22 @@ impl DeadLetters {
         }
     }
 
+    /// Deletes a deleted integration's dead letters (its spool and replay cursor).
+    pub(crate) fn forget(&self, integration_id: &str) {
+        lock(&self.lanes).remove(integration_id);
+        let dir = self.dir.join(integration_id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(
+                integration = integration_id,
+                "dead letters deleted with their integration"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(integration = integration_id, dir = %dir.display(), error = %e, "dead letters of a deleted integration not deleted")
+            }
+        }
+    }
+
     /// True when every dead-letter spool took its last batch (for `/readyz`).
     pub(crate) fn healthy(&self) -> bool {
         self.dispatcher.healthy()

@@ -230,3 +230,22 @@ fn replayed_dead_letter_segments_are_deleted_but_never_the_live_one() {
     let (_, body) = replay(&s, &id);
     assert_eq!(body["replayed"], 1);
 }
+
+#[test]
+fn an_integrations_dead_letters_are_deleted_with_it() {
+    let (s, id) = server_with_number(Options::default());
+    set_status(&s, &id, "inactive");
+    post_ok(&s, &inbound(1));
+    let dl_dir = s.dir.join("dead-letters").join(&id);
+    assert!(dl_dir.is_dir());
+    let r = s.admin(
+        "DELETE",
+        &format!("/api/v1/integrations/{id}"),
+        ADMIN_TOKEN,
+        None,
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(!dl_dir.exists(), "dead letters left behind");
+    let (status, body) = replay(&s, &id);
+    assert_eq!(status, 404, "{body}");
+}

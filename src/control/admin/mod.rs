@@ -146,6 +146,7 @@ impl AdminApi {
         let store = Arc::clone(&self.store);
         let region = self.region;
         let vendor = self.vendor.clone();
+        let dead_letters = Arc::clone(&self.dead_letters);
         let runtime = tokio::runtime::Handle::current();
         // Writes fsync the state file and vendor checks wait on Twilio: keep both off the
         // async workers (a blocking thread may wait on the runtime with `block_on`).
@@ -160,6 +161,7 @@ impl AdminApi {
             Caller {
                 ctx: &ctx,
                 who: &who,
+                dead_letters: &dead_letters,
             }
             .run(route, query.as_deref(), &body)
         })
@@ -203,6 +205,8 @@ impl AdminApi {
 struct Caller<'a> {
     ctx: &'a Ctx<'a>,
     who: &'a Principal,
+    /// A deleted integration's dead letters are deleted with it.
+    dead_letters: &'a DeadLetters,
 }
 
 impl Caller<'_> {
@@ -248,6 +252,8 @@ impl Caller<'_> {
             }
             Route::DeleteIntegration(id) => self.audited("integration.delete", &id, || {
                 let a = ops::integration_delete::run(ctx, &id)?;
+                // Its dead letters go with it: nothing can replay them any more.
+                self.dead_letters.forget(&id);
                 Ok(Changed::new(StatusCode::NO_CONTENT, None, a.version, &id))
             }),
             Route::ImportNumber => {
