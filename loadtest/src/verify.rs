@@ -90,7 +90,11 @@ pub fn spool_keys(dir: &Path) -> Result<Vec<String>> {
             .next_record()
             .with_context(|| format!("reading queue {queue}"))?
         {
-            keys.push(env.dedup_key());
+            // The key `run` writes for each 200 (one account per plan, so the SID suffices).
+            keys.push(match &env.message_status {
+                Some(status) => format!("{}:{status}", env.message_sid),
+                None => env.message_sid.clone(),
+            });
         }
     }
     Ok(keys)

@@ -344,7 +344,19 @@ mod tests {
         let (_dir, file) = saved(&base_state());
         let mut loaded = load(&file).unwrap();
         let mut s = loaded.state.clone();
-        s.integrations[0].notes = "x".repeat(100_000);
+        // ~100 KB a line: 25 integrations with the longest notes allowed.
+        let first = s.integrations[0].clone();
+        s.integrations = (0..25)
+            .map(|i| crate::model::state::Integration {
+                id: if i == 0 {
+                    first.id.clone()
+                } else {
+                    format!("int-x{i}")
+                },
+                notes: "x".repeat(crate::model::state::MAX_NOTES_CHARS),
+                ..first.clone()
+            })
+            .collect();
         for v in 4..30 {
             s.version = v;
             assert!(loaded.journal.append(&s, &loaded.base, &none()).unwrap());
