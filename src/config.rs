@@ -405,6 +405,12 @@ impl QueueSelector {
         }
     }
 
+    /// Whether the queue `ORG/QUEUE` (full name) is one of those selected.
+    pub fn selects(&self, full: &str) -> bool {
+        full.split_once('/')
+            .is_some_and(|(org, queue)| self.matches(org, queue))
+    }
+
     /// Whether the queue `org/queue` is one of those selected (a plain name is resolved first).
     pub fn matches(&self, org: &str, queue: &str) -> bool {
         match self {

@@ -89,11 +89,8 @@ fn positions(cfg: &Config, delivery: Option<Arc<Delivery>>) -> anyhow::Result<Po
             .as_ref()
             .map(|d| d.positions(queue))
             .unwrap_or_default();
-        let Some((org, name)) = queue.split_once('/') else {
-            return at;
-        };
         for (group, selector) in &groups {
-            if selector.matches(org, name) {
+            if selector.selects(queue) {
                 // An unreadable offset keeps everything (0), never deletes what a group needs.
                 at.push(spool::groups::committed(&dir, queue, group).unwrap_or(0));
             }

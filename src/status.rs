@@ -126,24 +126,12 @@ impl View<'_> {
         self.0.iter().find(|s| s.name == name).map(|s| s.value)
     }
 
-    /// Per value of `label`: the sample of `name` (summed over other labels).
+    /// Per value of `label`: the samples of `name` summed over their other labels.
     fn by(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         for s in self.0.iter().filter(|s| s.name == name) {
             if let Some(v) = s.labels.get(label) {
                 *out.entry(v.clone()).or_insert(0.0) += s.value;
-            }
-        }
-        out
-    }
-
-    fn with(&self, name: &str, label: &str, value: &str, other: &str) -> BTreeMap<String, f64> {
-        let mut out = BTreeMap::new();
-        for s in self.0.iter().filter(|s| s.name == name) {
-            if s.labels.get(label).map(String::as_str) == Some(value) {
-                if let Some(v) = s.labels.get(other) {
-                    *out.entry(v.clone()).or_insert(0.0) += s.value;
-                }
             }
         }
         out
@@ -245,26 +233,24 @@ pub fn render(addr: SocketAddr, samples: &[Sample]) -> String {
         let lag_s = v.by("sms_ingress_delivery_lag_seconds", "route");
         let dead = v.by("sms_ingress_delivery_dead_letters_total", "route");
         let _ = writeln!(out, "delivery");
+        let mut delivered = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        for s in samples
+            .iter()
+            .filter(|s| s.name == "sms_ingress_delivery_attempts_total")
+        {
+            if let (Some(route), Some(result)) = (s.labels.get("route"), s.labels.get("result")) {
+                let to = if result == "delivered" {
+                    &mut delivered
+                } else {
+                    &mut failed
+                };
+                *to.entry(route.as_str()).or_insert(0.0) += s.value;
+            }
+        }
         for (route, records) in &lag {
-            let failed: f64 = ["refused", "timeout", "error"]
-                .iter()
-                .map(|r| {
-                    v.with("sms_ingress_delivery_attempts_total", "result", r, "route")
-                        .get(route)
-                        .copied()
-                        .unwrap_or(0.0)
-                })
-                .sum();
-            let delivered = v
-                .with(
-                    "sms_ingress_delivery_attempts_total",
-                    "result",
-                    "delivered",
-                    "route",
-                )
-                .get(route)
-                .copied()
-                .unwrap_or(0.0);
+            let delivered = delivered.get(route.as_str()).copied().unwrap_or(0.0);
+            let failed = failed.get(route.as_str()).copied().unwrap_or(0.0);
             let _ = writeln!(
                 out,
                 "  {route:<32} lag {records} records, {:.1} s  delivered {delivered}  failed attempts {failed}  dead letters {}",

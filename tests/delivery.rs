@@ -232,24 +232,13 @@ fn a_routing_outage_never_stops_ingestion_and_the_lag_drains() {
         Duration::from_secs(3),
         || s.metric(r#"sms_ingress_delivery_lag_records{route="routing"}"#) == sent.len() as f64,
     );
-    let out = delivery_cli(&s, &["status", "--json"]);
+    let out = s.cli(&["delivery", "status", "--json"]);
     let status: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(status["queues"][0]["lag_records"], sent.len(), "{status}");
     assert_eq!(status["queues"][0]["cursor"], 0, "{status}");
-    let tail = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-        .args(["spool", "tail", "--queue", "org-a/support", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
-    assert!(tail.status.success());
-    let lines = String::from_utf8(tail.stdout).unwrap();
-    assert_eq!(
-        lines.lines().count(),
-        sent.len(),
-        "spool tail shows them all"
-    );
-    let last: Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
-    let end = last["next_offset"].as_f64().unwrap();
+    let lines = s.spool_tail("org-a/support");
+    assert_eq!(lines.len(), sent.len(), "spool tail shows them all");
+    let end = lines.last().unwrap()["next_offset"].as_f64().unwrap();
     eventually(
         "spool_bytes covers every record",
         Duration::from_secs(8),
@@ -265,7 +254,7 @@ fn a_routing_outage_never_stops_ingestion_and_the_lag_drains() {
             && s.metric(r#"sms_ingress_delivery_lag_seconds{route="routing"}"#) == 0.0
     });
     // The operator's view agrees: nothing behind.
-    let out = delivery_cli(&s, &["status", "--json"]);
+    let out = s.cli(&["delivery", "status", "--json"]);
     let status: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(status["queues"][0]["queue"], "org-a/support");
     assert_eq!(status["queues"][0]["lag_records"], 0);
@@ -310,22 +299,6 @@ fn kill_9_during_delivery_leaves_nothing_acknowledged_undelivered() {
     drop(s);
 }
 
-fn delivery_cli(s: &TestServer, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-        .arg("delivery")
-        .args(args)
-        .arg("--config")
-        .arg(&s.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "delivery {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn after_max_attempts_records_are_dead_letters_and_replay_delivers_each_once() {
     let routing = Routing::start();
@@ -342,7 +315,7 @@ fn after_max_attempts_records_are_dead_letters_and_replay_delivers_each_once() {
     eventually("four dead letters", Duration::from_secs(10), || {
         s.metric(r#"sms_ingress_delivery_dead_letters_total{route="routing"}"#) == 4.0
     });
-    let status = delivery_cli(&s, &["status"]);
+    let status = s.cli(&["delivery", "status"]);
     assert!(status.contains("dead letters: 4"), "{status}");
     // The conversation moved on: a new message is delivered once routing is back.
     routing.rx.behaviour.down.store(false, Ordering::SeqCst);
@@ -351,17 +324,17 @@ fn after_max_attempts_records_are_dead_letters_and_replay_delivers_each_once() {
         routing.rx.delivered().len() == 1
     });
     let report: Value =
-        serde_json::from_str(delivery_cli(&s, &["replay", "--route", "routing"]).trim()).unwrap();
+        serde_json::from_str(s.cli(&["delivery", "replay", "--route", "routing"]).trim()).unwrap();
     assert_eq!(
         (report["delivered"].as_u64(), report["remaining"].as_u64()),
         (Some(4), Some(0))
     );
     assert_eq!(routing.rx.delivered().len(), 5);
     let again: Value =
-        serde_json::from_str(delivery_cli(&s, &["replay", "--route", "routing"]).trim()).unwrap();
+        serde_json::from_str(s.cli(&["delivery", "replay", "--route", "routing"]).trim()).unwrap();
     assert_eq!(again["delivered"], 0, "each dead letter at most once");
     assert_eq!(routing.rx.delivered().len(), 5);
-    assert!(delivery_cli(&s, &["status"]).contains("dead letters: 0"));
+    assert!(s.cli(&["delivery", "status"]).contains("dead letters: 0"));
 }
 
 /// Segment files of org-a/support.
@@ -478,83 +451,41 @@ fn consumer_groups_start_at_their_committed_offset() {
     for n in 0..3 {
         assert_eq!(send(&s, n), 200);
     }
-    let spool = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-            .arg("spool")
-            .args(args)
-            .arg("--config")
-            .arg(&s.config)
-            .output()
-            .unwrap()
-    };
-    let lines = |out: std::process::Output| -> Vec<Value> {
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let all = lines(spool(&[
-        "tail",
-        "--queue",
-        "support",
-        "--group",
-        "analytics",
-    ]));
-    assert_eq!(all.len(), 3, "nothing committed: from the start");
-    let after_first = all[0]["next_offset"].as_u64().unwrap().to_string();
-    let out = spool(&[
-        "commit",
-        "--queue",
-        "support",
-        "--group",
-        "analytics",
-        "--offset",
-        &after_first,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rest = lines(spool(&[
-        "tail",
-        "--queue",
-        "support",
-        "--group",
-        "analytics",
-    ]));
-    assert_eq!(rest.len(), 2);
-    assert_eq!(rest[0]["message_sid"], sid(1));
-    // An offset inside a record is refused, and the commit stays as it was.
-    let inside = (all[0]["next_offset"].as_u64().unwrap() + 3).to_string();
-    let out = spool(&[
-        "commit",
-        "--queue",
-        "support",
-        "--group",
-        "analytics",
-        "--offset",
-        &inside,
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a record boundary"));
-    assert_eq!(
-        lines(spool(&[
+    let tail = || {
+        s.cli_json_lines(&[
+            "spool",
             "tail",
             "--queue",
             "support",
             "--group",
-            "analytics"
-        ]))
-        .len(),
-        2
-    );
+            "analytics",
+        ])
+    };
+    let commit = |offset: &str| {
+        s.cli_output(&[
+            "spool",
+            "commit",
+            "--queue",
+            "support",
+            "--group",
+            "analytics",
+            "--offset",
+            offset,
+        ])
+    };
+    let all = tail();
+    assert_eq!(all.len(), 3, "nothing committed: from the start");
+    let after_first = all[0]["next_offset"].as_u64().unwrap().to_string();
+    succeeded(commit(&after_first), "spool commit");
+    let rest = tail();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0]["message_sid"], sid(1));
+    // An offset inside a record is refused, and the commit stays as it was.
+    let inside = (all[0]["next_offset"].as_u64().unwrap() + 3).to_string();
+    let out = commit(&inside);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a record boundary"));
+    assert_eq!(tail().len(), 2);
 }
 
 #[test]

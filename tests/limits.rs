@@ -245,33 +245,7 @@ fn h2_limits_are_advertised_to_every_client() {
 #[test]
 fn a_second_instance_on_the_same_admin_socket_refuses_to_start() {
     let first = TestServer::start(Options::default());
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-        .args(["serve", "--config"])
-        .arg(&first.config)
-        .env_remove("SMS_INGRESS_MASTER_KEY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second instance started on the same state");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    second
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "{err}");
+    let err = serve_refuses(&first.config, Duration::from_secs(10));
     assert!(err.contains("another sms-ingress instance"), "{err}");
     // The first one is untouched and still serves.
     assert_eq!(first.request("GET", "/readyz", &[], b"").status, 200);

@@ -211,21 +211,7 @@ fn accepted_webhooks_are_in_the_stream_exactly_once() {
         .contains(r#"sms_ingress_sink_batch_size_count{queue="org-a/support"}"#));
 
     // The operator's read path prints the same envelopes as NDJSON.
-    let out = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-        .args(["nats", "tail", "--queue", "support", "--config"])
-        .arg(&s.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = s.cli_json_lines(&["nats", "tail", "--queue", "support"]);
     assert_eq!(lines.len(), 4);
     assert_eq!(lines[0]["offset"], 1);
     assert_eq!(lines[0]["body"], bodies[0].as_str());

@@ -8,7 +8,7 @@ use crate::support::nats::Nats;
 use crate::support::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn repo(path: &str) -> PathBuf {
@@ -148,21 +148,10 @@ fn exported(scrape: &str) -> BTreeSet<String> {
 }
 
 fn promtool_check_metrics(promtool: &Path, scrape: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(
+        Command::new(promtool).args(["check", "metrics"]),
+        scrape.as_bytes(),
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -11,12 +11,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::json;
 use std::future::Future;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -313,36 +312,7 @@ fn check_config_validates_tls_files() {
 
     // And the server refuses to start on the garbage key, with the same reason.
     set_tls(&config, &cert, &garbage);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("SMS_INGRESS_MASTER_KEY")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve kept running on a garbage TLS key");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success(), "serve exited 0 on a garbage key: {err}");
+    let err = serve_refuses(&config, Duration::from_secs(20));
     assert!(err.contains("server.tls_key"), "{err}");
 }
 

@@ -443,8 +443,7 @@ fn a_retry_after_a_restart_is_still_a_duplicate() {
 
 #[test]
 fn the_signature_tool_takes_the_token_from_a_file_or_the_environment() {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let path = TestServer::webhook_path("mo");
     let url = format!("{PUBLIC_URL}{path}");
     let body = inbound("SM00000000000000000000000000000042", "hi");
@@ -460,19 +459,7 @@ fn the_signature_tool_takes_the_token_from_a_file_or_the_environment() {
         if let Some(t) = env {
             cmd.env("SMS_INGRESS_TWILIO_TOKEN", t);
         }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(body.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = output_with_stdin(&mut cmd, body.as_bytes());
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),

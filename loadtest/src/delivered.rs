@@ -19,13 +19,13 @@ struct Line {
     latency_ms: i64,
 }
 
-/// The dedup key of a delivery body, as `run` writes acked keys (`SID` or `SID:status`).
+/// The acked-file key of a delivery body.
 fn key(body: &serde_json::Value) -> Option<String> {
     let sid = body["message_sid"].as_str()?;
-    Some(match body["message_status"].as_str() {
-        Some(st) => format!("{sid}:{st}"),
-        None => sid.to_string(),
-    })
+    Some(crate::verify::acked_key(
+        sid,
+        body["message_status"].as_str(),
+    ))
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time.

@@ -6,6 +6,15 @@ use sms_ingress::sink::spool::SpoolReader;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+/// The key `run` writes to the acked file for each 200: `SID`, or `SID:status` for a
+/// report (one account per plan, so the SID needs no account).
+pub fn acked_key(message_sid: &str, message_status: Option<&str>) -> String {
+    match message_status {
+        Some(status) => format!("{message_sid}:{status}"),
+        None => message_sid.to_string(),
+    }
+}
+
 /// The comparison of acknowledged keys with the spool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -90,11 +99,7 @@ pub fn spool_keys(dir: &Path) -> Result<Vec<String>> {
             .next_record()
             .with_context(|| format!("reading queue {queue}"))?
         {
-            // The key `run` writes for each 200 (one account per plan, so the SID suffices).
-            keys.push(match &env.message_status {
-                Some(status) => format!("{}:{status}", env.message_sid),
-                None => env.message_sid.clone(),
-            });
+            keys.push(acked_key(&env.message_sid, env.message_status.as_deref()));
         }
     }
     Ok(keys)
@@ -111,10 +116,7 @@ pub async fn nats_keys(cfg: &sms_ingress::config::NatsConfig) -> Result<Vec<Stri
     for line in String::from_utf8_lossy(&ndjson).lines() {
         let v: serde_json::Value = serde_json::from_str(line).context("tail printed a bad line")?;
         let sid = v["message_sid"].as_str().unwrap_or_default();
-        keys.push(match v["message_status"].as_str() {
-            Some(st) => format!("{sid}:{st}"),
-            None => sid.to_string(),
-        });
+        keys.push(acked_key(sid, v["message_status"].as_str()));
     }
     Ok(keys)
 }

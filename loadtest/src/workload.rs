@@ -461,7 +461,11 @@ impl Generator {
             ours
         };
         let body = self.report_body(&sid, &ours, &customer, status, error);
-        let expect = expectation(unknown, bad_sig, format!("{sid}:{status}"));
+        let expect = expectation(
+            unknown,
+            bad_sig,
+            crate::verify::acked_key(&sid, Some(status)),
+        );
         self.finish(false, body, expect)
     }
 

@@ -59,7 +59,10 @@ pub struct Delivery {
 }
 
 /// A plain `QUEUE` as the one org of the spool that has it.
-fn resolved(selector: QueueSelector, spool_dir: &Path) -> Result<QueueSelector, QueueNameError> {
+pub(crate) fn resolved(
+    selector: QueueSelector,
+    spool_dir: &Path,
+) -> Result<QueueSelector, QueueNameError> {
     let QueueSelector::Plain(name) = selector else {
         return Ok(selector);
     };
@@ -67,7 +70,6 @@ fn resolved(selector: QueueSelector, spool_dir: &Path) -> Result<QueueSelector, 
     Ok(QueueSelector::parse(&full).unwrap_or(QueueSelector::Plain(name)))
 }
 
-/// One configured route, ready to start workers.
 /// The spool of a route's dead letters, under `<delivery.dir>/<route>/`.
 pub(crate) const DEAD_LETTERS: &str = "dead-letters";
 
@@ -147,11 +149,8 @@ impl Delivery {
     /// A queue's spool is open (`ORG/QUEUE`): every route that selects it starts delivering
     /// it from its cursor, fed by `feed`.
     pub fn attach(&self, queue: &str, feed: &Arc<Feed>) {
-        let Some((org, name)) = queue.split_once('/') else {
-            return;
-        };
         for (selector, route) in &self.routes {
-            if !selector.matches(org, name) {
+            if !selector.selects(queue) {
                 continue;
             }
             let fresh = self
@@ -187,11 +186,7 @@ impl Delivery {
     pub fn positions(&self, queue: &str) -> Vec<u64> {
         self.routes
             .iter()
-            .filter(|(s, _)| {
-                queue
-                    .split_once('/')
-                    .is_some_and(|(org, name)| s.matches(org, name))
-            })
+            .filter(|(s, _)| s.selects(queue))
             .map(|(_, r)| r.state.cursor_of(queue))
             .collect()
     }

@@ -110,19 +110,16 @@ fn selected_queues(cfg: &Config, r: &RouteConfig) -> Vec<String> {
     if cfg.sink.kind != SinkKind::Spool {
         return Vec::new();
     }
-    match QueueSelector::parse(&r.queue) {
-        Ok(QueueSelector::Plain(name)) => crate::sink::spool::queues::resolve(&cfg.sink.dir, &name)
-            .into_iter()
-            .collect(),
-        Ok(selector) => crate::sink::spool::queues::list(&cfg.sink.dir)
-            .into_iter()
-            .filter(|q| {
-                q.split_once('/')
-                    .is_some_and(|(o, n)| selector.matches(o, n))
-            })
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    // As the server resolves it at start; an ambiguous plain name selects nothing.
+    let Ok(Ok(selector)) =
+        QueueSelector::parse(&r.queue).map(|s| super::resolved(s, &cfg.sink.dir))
+    else {
+        return Vec::new();
+    };
+    crate::sink::spool::queues::list(&cfg.sink.dir)
+        .into_iter()
+        .filter(|q| selector.selects(q))
+        .collect()
 }
 
 /// The report of one route, counted from its cursors, the spool and its dead letters.

@@ -17,7 +17,7 @@ const ENVELOPE_FIXED_BYTES: usize = 2048;
 /// The largest `server.max_body_bytes` whose envelopes always fit a record, given the
 /// header limit and the public URL: the body, the fields decoded from it (at most the
 /// body again), the signature and idempotency headers, the signed URL.
-pub fn max_body_bytes_for(max_header_bytes: usize, public_url: &str) -> usize {
+pub(crate) fn max_body_bytes_for(max_header_bytes: usize, public_url: &str) -> usize {
     MAX_RECORD_BYTES.saturating_sub(max_header_bytes + public_url.len() + ENVELOPE_FIXED_BYTES) / 2
 }
 

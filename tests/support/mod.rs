@@ -323,17 +323,95 @@ impl TestServer {
             .args(args)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "spool tail failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        json_lines(succeeded(out, "spool tail"))
     }
+
+    /// The binary run with `args` and this server's `--config`, as it ended.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// The same, which must succeed: its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        String::from_utf8(succeeded(self.cli_output(args), &args.join(" ")).stdout).unwrap()
+    }
+
+    /// The same, its stdout read as NDJSON.
+    pub fn cli_json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        json_lines(succeeded(self.cli_output(args), &args.join(" ")))
+    }
+}
+
+/// `out`, after asserting the command (`what`) succeeded.
+pub fn succeeded(out: std::process::Output, what: &str) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A command's stdout as NDJSON.
+pub fn json_lines(out: std::process::Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `cmd` run with `input` on its stdin, as it ended.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Starts `serve --config config`, which must refuse to start within `limit` (it is
+/// killed and the test fails if it keeps running); its stderr.
+pub fn serve_refuses(config: &Path, limit: Duration) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("SMS_INGRESS_MASTER_KEY")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve kept running on {}", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "serve exited 0: {err}");
+    err
 }
 
 impl Drop for TestServer {

@@ -12,7 +12,7 @@ mod frame;
 pub mod groups;
 pub mod queues;
 mod reader;
-pub mod recent;
+pub(crate) mod recent;
 pub mod retention;
 mod segments;
 mod writer;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 /// Each record of `queue` received within `window` of now: its dedup key and its age.
-pub fn recent(
+pub(crate) fn recent(
     dir: &Path,
     queue: &str,
     window: Duration,
