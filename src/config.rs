@@ -246,6 +246,10 @@ pub struct SinkConfig {
     /// Pull consumers: each commits how far it has read a queue (`spool commit`), and a
     /// segment is kept until every group of its queue has passed it.
     pub consumer_groups: Vec<ConsumerGroupConfig>,
+    /// Mode of the spool's segment files (directories get `x` where `r` is), for a
+    /// consumer that runs as another user in the service's group, e.g. `0o640`; unset,
+    /// every file the service creates is 0600 and every directory 0700.
+    pub file_mode: Option<u32>,
     /// The JetStream sink, used when `kind = "nats"`.
     pub nats: NatsConfig,
 }
@@ -390,12 +394,12 @@ pub enum QueueSelector {
 impl QueueSelector {
     /// Parses `ORG/QUEUE`, `ORG/*` or `QUEUE`.
     pub fn parse(s: &str) -> Result<QueueSelector, String> {
-        use crate::model::state::{is_org_name, is_queue_name};
+        use crate::model::state::{is_org_name, is_stored_queue_name};
         let bad = || format!("{s:?} is not ORG/QUEUE, ORG/* or QUEUE (names of [A-Za-z0-9_-])");
         match s.split_once('/') {
-            None if is_queue_name(s) => Ok(QueueSelector::Plain(s.to_string())),
+            None if is_stored_queue_name(s) => Ok(QueueSelector::Plain(s.to_string())),
             Some((org, "*")) if is_org_name(org) => Ok(QueueSelector::Org(org.to_string())),
-            Some((org, queue)) if is_org_name(org) && is_queue_name(queue) => {
+            Some((org, queue)) if is_org_name(org) && is_stored_queue_name(queue) => {
                 Ok(QueueSelector::Queue {
                     org: org.to_string(),
                     queue: queue.to_string(),
@@ -441,6 +445,7 @@ impl Default for SinkConfig {
             retain_secs: 7 * 24 * 3600,
             max_queue_bytes: 4 << 30,
             consumer_groups: Vec::new(),
+            file_mode: None,
             nats: NatsConfig::default(),
         }
     }
@@ -558,11 +563,17 @@ impl Default for DeadLetterConfig {
 pub struct QueuesConfig {
     /// Envelopes waiting per queue before webhooks get 503.
     pub capacity: usize,
+    /// Queues one org's numbers may use: each costs a worker thread, files and metric
+    /// series, and tenants name them (an import naming one more is 422 `queue_limit`).
+    pub max_per_org: usize,
 }
 
 impl Default for QueuesConfig {
     fn default() -> Self {
-        QueuesConfig { capacity: 4096 }
+        QueuesConfig {
+            capacity: 4096,
+            max_per_org: 100,
+        }
     }
 }
 
@@ -605,6 +616,10 @@ pub struct LimitsConfig {
     pub h2_max_concurrent_streams: u32,
     /// On SIGTERM/SIGINT: time allowed for in-flight requests and sinks to finish.
     pub shutdown_grace_ms: u64,
+    /// Webhook body bytes being read or waiting for durability, all connections together:
+    /// bodies are read before their signature can be checked, so a flood of unsigned
+    /// ones is bounded here (a request past it is 503 before its body is read).
+    pub max_inflight_body_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -618,6 +633,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 16 * 1024,
             h2_max_concurrent_streams: 256,
             shutdown_grace_ms: 10_000,
+            max_inflight_body_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -714,6 +730,15 @@ impl Config {
         if self.queues.capacity == 0 {
             return invalid("queues.capacity", "must be at least 1");
         }
+        if self.limits.max_inflight_body_bytes < self.server.max_body_bytes {
+            return invalid(
+                "limits.max_inflight_body_bytes",
+                "must be at least server.max_body_bytes (else no body fits)",
+            );
+        }
+        if self.queues.max_per_org == 0 {
+            return invalid("queues.max_per_org", "must be at least 1");
+        }
         let l = &self.limits;
         let timeouts = [
             ("limits.header_read_timeout_ms", l.header_read_timeout_ms),
@@ -751,6 +776,15 @@ impl Config {
         if self.sink.segment_bytes < 4096 {
             return invalid("sink.segment_bytes", "must be at least 4096");
         }
+        if let Some(mode) = self.sink.file_mode {
+            if mode & !0o666 != 0 || mode & 0o600 != 0o600 || mode & 0o002 != 0 {
+                return invalid(
+                    "sink.file_mode",
+                    "must give the owner read and write, others no write, and no one execute \
+                     (an octal TOML integer such as 0o640)",
+                );
+            }
+        }
         if self.sink.kind == SinkKind::Nats {
             if let Some((key, problem)) = self.sink.nats.problem() {
                 return invalid(key, &problem);
@@ -775,7 +809,7 @@ impl Config {
         }
         let mut groups = std::collections::HashSet::new();
         for g in &self.sink.consumer_groups {
-            let ok = crate::model::state::is_queue_name(&g.name);
+            let ok = crate::model::state::is_stored_queue_name(&g.name);
             if !ok {
                 return invalid("sink.consumer_groups.name", "must be 1-64 of [A-Za-z0-9_-]");
             }

@@ -1,18 +1,26 @@
 //! Dispatch: one bounded lock-free channel and one sink worker thread per queue. The
 //! request task `try_send`s and awaits its acknowledgement; the worker drains what is
 //! waiting, makes the batch durable with one call (group commit) and answers each request.
+//! A queue no snapshot references any more is released: its worker writes what is still
+//! queued, then ends, closing its sink (files, feed) and dropping its metric series.
 
 use crate::envelope::Envelope;
 use crate::sink::{QueueSink, SinkError};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// One envelope and the request waiting for its durability.
+/// How long opening a queue waits for its previous worker (released) to end.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// One envelope and the request waiting for its durability. The envelope is boxed so a
+/// channel slot is two words: a queue's channel is allocated whole when it opens, and
+/// `queues.capacity` slots of a whole envelope each were 1.3 MiB per queue.
 pub(crate) struct Job {
-    envelope: Envelope,
+    envelope: Box<Envelope>,
     done: oneshot::Sender<bool>,
 }
 
@@ -68,7 +76,10 @@ impl QueueHandle {
             return Err(SubmitError::DiskFull);
         }
         let (done, rx) = oneshot::channel();
-        match self.tx.try_send(Job { envelope, done }) {
+        match self.tx.try_send(Job {
+            envelope: Box::new(envelope),
+            done,
+        }) {
             Ok(()) => {
                 self.enqueued.increment(1);
                 Ok(rx)
@@ -90,9 +101,19 @@ pub type SinkFactory = Box<dyn Fn(&str) -> Result<Box<dyn QueueSink>, SinkError>
 /// Tells whether the sink can take a batch right now (a NATS connection), so `/readyz` sees an outage before a webhook fails.
 pub(crate) type SinkProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Owns every queue: creates channel and worker the first time a snapshot routes to a queue.
+/// The queues: open ones, and released ones whose worker may still be writing.
+#[derive(Default)]
+struct Queues {
+    /// Each with what tells when its worker has ended.
+    open: HashMap<String, (Arc<QueueHandle>, mpsc::Receiver<()>)>,
+    /// Ends (disconnects) when the released queue's worker has closed its sink.
+    closing: HashMap<String, mpsc::Receiver<()>>,
+}
+
+/// Owns every queue: creates channel and worker the first time a snapshot routes to a
+/// queue, and releases them once nothing references the queue.
 pub struct Dispatcher {
-    queues: Mutex<HashMap<String, Arc<QueueHandle>>>,
+    queues: Mutex<Queues>,
     spawner: crate::background::Spawner,
     factory: SinkFactory,
     probe: Option<SinkProbe>,
@@ -104,7 +125,7 @@ impl Dispatcher {
     /// A dispatcher whose queues hold `capacity` envelopes and sync at most `max_batch` at once.
     pub fn new(factory: SinkFactory, capacity: usize, max_batch: usize) -> Dispatcher {
         Dispatcher {
-            queues: Mutex::new(HashMap::new()),
+            queues: Mutex::default(),
             // Queues are opened by (nicer) control-plane changes; workers must sync at ours.
             spawner: crate::background::Spawner::start("sink-spawner"),
             factory,
@@ -121,10 +142,21 @@ impl Dispatcher {
     }
 
     /// The queue's handle, starting its sink and worker on first use (control plane only).
+    /// A queue released a moment ago is opened again once its old worker has ended, so
+    /// one log never has two writers.
     pub(crate) fn queue(&self, name: &str) -> Result<Arc<QueueHandle>, SinkError> {
-        let mut queues = self.queues.lock().expect("dispatcher lock");
-        if let Some(q) = queues.get(name) {
+        let mut queues = self.lock();
+        if let Some((q, _)) = queues.open.get(name) {
             return Ok(q.clone());
+        }
+        if let Some(closing) = queues.closing.remove(name) {
+            if let Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) = closing.recv_timeout(CLOSE_WAIT)
+            {
+                queues.closing.insert(name.to_string(), closing);
+                return Err(SinkError::Unavailable(
+                    format!("queue {name} is still closing; try again").into(),
+                ));
+            }
         }
         let sink = (self.factory)(name)?;
         let (tx, rx) = crossbeam_channel::bounded(self.capacity);
@@ -137,12 +169,14 @@ impl Dispatcher {
             disk_full: sink.full_flag(),
             enqueued: metrics::counter!("sms_ingress_enqueued_total", "queue" => name.to_string()),
         });
+        let (exited, closing) = mpsc::channel();
         let worker = Worker {
             queue: name.to_string(),
             rx,
-            sink,
+            sink: Some(sink),
             healthy,
             max_batch: self.max_batch,
+            _exited: exited,
         };
         self.spawner
             .spawn(
@@ -150,8 +184,48 @@ impl Dispatcher {
                 Box::new(move || worker.run()),
             )
             .map_err(SinkError::from)?;
-        queues.insert(name.to_string(), handle.clone());
+        queues
+            .open
+            .insert(name.to_string(), (handle.clone(), closing));
+        metrics::gauge!("sms_ingress_queues_open").set(queues.open.len() as f64);
         Ok(handle)
+    }
+
+    /// Releases every queue nothing references but this dispatcher (no snapshot, no
+    /// request, no dead-letter spool) and whose channel is empty: its worker ends once it
+    /// has written what it holds. Returns the queues released.
+    pub(crate) fn release_unused(&self) -> Vec<String> {
+        let mut queues = self.lock();
+        let unused: Vec<String> = queues
+            .open
+            .iter()
+            .filter(|(_, (q, _))| Arc::strong_count(q) == 1 && q.tx.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Workers that have ended need no waiting for.
+        queues
+            .closing
+            .retain(|_, c| matches!(c.try_recv(), Err(mpsc::TryRecvError::Empty)));
+        for name in &unused {
+            let (handle, exited) = queues.open.remove(name).expect("listed");
+            // The worker holds the only receiver; dropping the last sender ends it after
+            // the envelopes still in the channel (none: it was empty and nobody can send).
+            drop(handle);
+            queues.closing.insert(name.clone(), exited);
+        }
+        metrics::gauge!("sms_ingress_queues_open").set(queues.open.len() as f64);
+        unused
+    }
+
+    /// The number of open queues.
+    pub(crate) fn open_queues(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// True when the sink probe (if any) passes and every queue's sink took its last batch (for `/readyz`).
@@ -161,20 +235,19 @@ impl Dispatcher {
                 return false;
             }
         }
-        self.queues
-            .lock()
-            .expect("dispatcher lock")
-            .values()
-            .all(|q| q.healthy())
+        self.lock().open.values().all(|(q, _)| q.healthy())
     }
 }
 
 struct Worker {
     queue: String,
     rx: Receiver<Job>,
-    sink: Box<dyn QueueSink>,
+    /// Taken (closed) when the worker ends, before `_exited` says so.
+    sink: Option<Box<dyn QueueSink>>,
     healthy: Arc<AtomicBool>,
     max_batch: usize,
+    /// Dropped last: tells a reopening of the queue that this worker is gone.
+    _exited: mpsc::Sender<()>,
 }
 
 impl Worker {
@@ -191,6 +264,10 @@ impl Worker {
             }
             self.flush(&mut batch);
         }
+        // Released: close the sink, then the queue's metric series, then say so.
+        drop(self.sink.take());
+        crate::telemetry::forget_queue(&self.queue);
+        tracing::debug!(queue = %self.queue, "queue worker ended");
     }
 
     /// The next job; while unhealthy, probes the sink every second so health recovers without traffic.
@@ -203,7 +280,7 @@ impl Worker {
                 Ok(job) => return Some(job),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if self.sink.check().is_ok() {
+                    if self.sink.as_mut().is_some_and(|s| s.check().is_ok()) {
                         self.healthy.store(true, Ordering::Relaxed);
                         tracing::info!(queue = %self.queue, "sink healthy again");
                     }
@@ -213,8 +290,11 @@ impl Worker {
     }
 
     fn flush(&mut self, batch: &mut Vec<Job>) {
-        let envelopes: Vec<&Envelope> = batch.iter().map(|j| &j.envelope).collect();
-        let result = self.sink.write_batch(&envelopes);
+        let envelopes: Vec<&Envelope> = batch.iter().map(|j| &*j.envelope).collect();
+        let result = match self.sink.as_mut() {
+            Some(sink) => sink.write_batch(&envelopes),
+            None => Err(SinkError::Unavailable("the queue is closed".into())),
+        };
         let ok = result.is_ok();
         if let Err(e) = &result {
             tracing::error!(queue = %self.queue, batch = batch.len(), error = %e, "sink batch failed; answering 503");
@@ -239,6 +319,15 @@ mod tests {
     use super::*;
 
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn a_channel_slot_is_small() {
+        assert!(
+            std::mem::size_of::<Job>() <= 16,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
+    }
 
     struct Counting {
         batches: Arc<AtomicUsize>,
@@ -338,6 +427,40 @@ mod tests {
         let n = batches.load(Ordering::SeqCst);
         assert!(n < 50, "50 jobs took {n} batches; expected grouping");
         assert!(Arc::ptr_eq(&q, &d.queue("q").unwrap()));
+    }
+
+    #[tokio::test]
+    async fn an_unreferenced_queue_is_released_after_writing_what_it_holds_and_reopens() {
+        let (d, batches, _) = dispatcher(100);
+        let q = d.queue("o/q").unwrap();
+        let pending: Vec<_> = (0..5).map(|_| q.try_submit(env()).unwrap()).collect();
+        assert!(
+            d.release_unused().is_empty(),
+            "held by a snapshot (here: q)"
+        );
+        drop(q);
+        // Jobs still in the channel keep it: only an empty channel is released.
+        let mut released = Vec::new();
+        for _ in 0..200 {
+            released = d.release_unused();
+            if !released.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(released, ["o/q"]);
+        for rx in pending {
+            assert!(
+                rx.await.unwrap(),
+                "what was queued is written before the worker ends"
+            );
+        }
+        assert_eq!(d.open_queues(), 0);
+        let before = batches.load(Ordering::SeqCst);
+        let again = d.queue("o/q").unwrap();
+        assert!(again.try_submit(env()).unwrap().await.unwrap());
+        assert!(batches.load(Ordering::SeqCst) > before);
+        assert_eq!(d.open_queues(), 1);
     }
 
     #[tokio::test]

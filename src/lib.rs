@@ -7,8 +7,8 @@
 //! `control` changes the inventory: the admin API (`control::admin`) runs the operations
 //! (`control::ops`) through the store (`control::store`), which publishes snapshots built
 //! from the shared `model`. `server` wires it all at start-up; `accept` and `shutdown`
-//! serve every listener; `config`, `telemetry`, `nats`, `fsutil`, `percent` and
-//! `background` are the infrastructure underneath.
+//! serve every listener; `config`, `telemetry`, `nats`, `fsutil`, `percent`,
+//! `fdbudget` and `background` are the infrastructure underneath.
 //!
 //! Everything is `pub(crate)` unless the binary (`main.rs`), the test kit, the
 //! integration tests, the benches, the fuzz targets or the load test need it. That public
@@ -42,6 +42,7 @@ pub(crate) mod background;
 pub mod config;
 pub(crate) mod cursor;
 pub mod delivery;
+pub(crate) mod fdbudget;
 pub(crate) mod fsutil;
 pub mod nats;
 pub mod percent;

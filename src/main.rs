@@ -207,6 +207,13 @@ enum SignatureCommand {
 }
 
 fn main() -> ExitCode {
+    // Files and directories this process creates are its own: state, journal, spool,
+    // dead letters, cursors and the audit log hold message bodies or tenants' records
+    // (`sink.file_mode` opens the spool to a consumer's group).
+    // SAFETY: umask swaps the process's file-creation mask; nothing else runs yet.
+    unsafe { libc::umask(0o077) };
+    // Before any thread starts: the key leaves the environment.
+    sms_ingress::model::crypto::MasterKey::take_from_env();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
@@ -247,6 +254,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Keygen => {
+            // `keygen > master.key`: the shell made the file under its umask; make it the
+            // owner's alone, as `serve` requires of a key file.
+            use std::os::fd::AsRawFd;
+            let stdout = std::io::stdout();
+            // SAFETY: fstat fills the struct it is given; fchmod changes stdout's mode.
+            unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                if libc::fstat(stdout.as_raw_fd(), &mut st) == 0
+                    && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                {
+                    libc::fchmod(stdout.as_raw_fd(), 0o600);
+                }
+            }
             println!("{}", MasterKey::generate_base64()?);
             Ok(ExitCode::SUCCESS)
         }

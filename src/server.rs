@@ -209,10 +209,29 @@ fn migrate_spool(cfg: &Config, state: &State) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often queues nothing references any more are looked for and released.
+const RELEASE_EVERY: Duration = Duration::from_millis(500);
+
+/// Releases, every few seconds, the queues no snapshot or request references: a tenant that
+/// stops using a queue name gives back its worker thread, files and metric series.
+async fn release_unused_queues(dispatcher: Arc<Dispatcher>) {
+    let mut tick = tokio::time::interval(RELEASE_EVERY);
+    loop {
+        tick.tick().await;
+        for queue in dispatcher.release_unused() {
+            tracing::info!(queue, "releasing a queue no number uses any more");
+        }
+    }
+}
+
 /// Runs the service until SIGINT/SIGTERM; SIGHUP reloads the reloadable parts of `config_path`.
 pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> anyhow::Result<()> {
     check_envelope_bound(&cfg)?;
     refuse_if_another_instance(&cfg.control.admin_socket)?;
+    let fds = crate::fdbudget::raise_soft_limit();
+    if let Some(mode) = cfg.sink.file_mode {
+        spool::set_file_mode(mode);
+    }
     let prometheus = crate::telemetry::install_recorder()?;
     let key = Arc::new(MasterKey::load(cfg.control.master_key_file.as_deref())?);
     let region = cfg.region();
@@ -244,11 +263,13 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         dispatcher = dispatcher.with_probe(probe);
     }
     let dispatcher = Arc::new(dispatcher);
+    tokio::spawn(release_unused_queues(dispatcher.clone()));
     let dead_letters = Arc::new(DeadLetters::new(&cfg, inventory.clone()));
     let webhook = Arc::new(Webhook::new(
         region.key,
         public_url.bases().to_vec(),
         cfg.server.max_body_bytes,
+        cfg.limits.max_inflight_body_bytes,
         cfg.server.retry_after_secs,
         inventory.clone(),
         dispatcher.clone(),
@@ -269,7 +290,9 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let _file_watch = store.spawn_followers(kv_watch, watch_file)?;
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api = Arc::new(
-        AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?.with_vendor(vendor),
+        AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?
+            .with_vendor(vendor)
+            .with_queue_limit(cfg.queues.max_per_org),
     );
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
 
@@ -319,6 +342,24 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
         dedup,
         Duration::from_secs(cfg.policy.dedup_window_secs),
     ));
+    let mut limits = cfg.limits.clone();
+    let budget = crate::fdbudget::settle(fds, limits.max_connections, dispatcher.open_queues())?;
+    tracing::info!(
+        rlimit_nofile = budget.limit,
+        started_with = budget.started_with,
+        reserved = budget.reserved,
+        connections = budget.connections,
+        max_connections = limits.max_connections,
+        "fd budget: webhook connections capped to what the fd limit leaves"
+    );
+    if budget.connections < limits.max_connections {
+        tracing::warn!(
+            connections = budget.connections,
+            max_connections = limits.max_connections,
+            "fd budget: fewer webhook connections than limits.max_connections; raise RLIMIT_NOFILE (LimitNOFILE=)"
+        );
+    }
+    limits.max_connections = budget.connections;
     // Registered before "serving" is logged: a SIGHUP from then on reloads, never kills.
     for result in ["accepted", "rejected"] {
         metrics::counter!("sms_ingress_config_reloads_total", "result" => result).increment(0);
@@ -342,7 +383,6 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
             admin: admin_api.clone(),
         },
     ));
-    let limits = cfg.limits.clone();
     tokio::spawn(crate::listener::serve(
         listener, tls, webhook, limits, shutdown,
     ));

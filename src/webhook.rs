@@ -14,7 +14,7 @@ use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -75,11 +75,54 @@ pub(crate) enum Outcome {
     Unavailable(&'static str),
 }
 
+/// The webhook body bytes all requests hold at once (`limits.max_inflight_body_bytes`):
+/// a body is taken from it before it is read, and given back when the request ends.
+pub(crate) struct BodyBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+/// Bytes taken from the budget, given back on drop.
+struct BodyPermit<'a> {
+    budget: &'a BodyBudget,
+    bytes: usize,
+}
+
+impl BodyBudget {
+    /// A budget of `max` bytes.
+    pub(crate) fn new(max: usize) -> BodyBudget {
+        BodyBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `bytes`, unless that would pass the budget.
+    fn take(&self, bytes: usize) -> Option<BodyPermit<'_>> {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&after| after <= self.max)
+            })
+            .ok()?;
+        Some(BodyPermit {
+            budget: self,
+            bytes,
+        })
+    }
+}
+
+impl Drop for BodyPermit<'_> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// Everything the service needs, shared by all connections.
 pub(crate) struct Webhook {
     region_key: &'static str,
     url_bases: Vec<String>,
     max_body_bytes: usize,
+    body_budget: BodyBudget,
     retry_after: HeaderValue,
     inventory: Arc<Inventory>,
     dispatcher: Arc<Dispatcher>,
@@ -97,6 +140,7 @@ impl Webhook {
         region_key: &'static str,
         url_bases: Vec<String>,
         max_body_bytes: usize,
+        max_inflight_body_bytes: usize,
         retry_after_secs: u32,
         inventory: Arc<Inventory>,
         dispatcher: Arc<Dispatcher>,
@@ -107,6 +151,7 @@ impl Webhook {
             region_key,
             url_bases,
             max_body_bytes,
+            body_budget: BodyBudget::new(max_inflight_body_bytes),
             retry_after: HeaderValue::from(retry_after_secs),
             inventory,
             dispatcher,
@@ -185,9 +230,15 @@ impl Webhook {
         if req.method() != Method::POST {
             return Outcome::Rejected(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
         }
-        if content_length(&req).is_some_and(|n| n > self.max_body_bytes as u64) {
+        let length = content_length(&req);
+        if length.is_some_and(|n| n > self.max_body_bytes as u64) {
             return Outcome::Rejected(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
         }
+        // A chunked body may grow to the limit: budget that much.
+        let budgeted = length.map_or(self.max_body_bytes, |n| n as usize);
+        let Some(_permit) = self.body_budget.take(budgeted) else {
+            return Outcome::Unavailable("inflight_body_budget");
+        };
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.max_body_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -352,6 +403,11 @@ impl Webhook {
                 let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, reason);
                 resp.headers_mut()
                     .insert(RETRY_AFTER, self.retry_after.clone());
+                if reason == "inflight_body_budget" {
+                    // The body was not read: end the connection rather than drain it.
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
                 resp
             }
         }

@@ -13,6 +13,7 @@ mod delivery;
 mod disk_faults;
 mod fleet_kv;
 mod fleet_throughput;
+mod hostile;
 mod limits;
 mod nats_sink;
 mod operations;

@@ -41,6 +41,13 @@ impl Drop for Server {
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let key = sms_ingress::model::crypto::MasterKey::generate_base64().unwrap();
     std::fs::write(dir.join("master.key"), key).unwrap();
+    // The server refuses a master key file others may read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let hash = ring_sha256(ADMIN_TOKEN);
     let cfg = format!(
         r#"

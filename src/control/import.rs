@@ -105,6 +105,9 @@ pub enum ImportError {
     /// Already being imported, or already in this org's inventory.
     #[error("A provisioning action is already in progress for this phone number address.")]
     ProvisioningInProgress,
+    /// The org uses `queues.max_per_org` queues already and the import names another.
+    #[error("This org uses {max} queues already (queues.max_per_org); use one of them, or delete the numbers of a queue you no longer need.")]
+    QueueLimit { max: usize },
     /// Already in another org's inventory.
     #[error("This phone number address is not available for provisioning. Choose another phone number address and try again.")]
     NumberUnavailable,
@@ -121,6 +124,7 @@ impl ImportError {
             ImportError::CountryMismatch => "country_mismatch",
             ImportError::ProvisioningInProgress => "provisioning_in_progress",
             ImportError::NumberUnavailable => "number_unavailable",
+            ImportError::QueueLimit { .. } => "queue_limit",
         }
     }
 
@@ -144,7 +148,9 @@ pub(crate) fn check_import(
     org: &str,
     req: &ImportRequest,
     in_flight: &HashSet<String>,
+    max_queues: usize,
 ) -> Result<Number, ImportError> {
+    let mut queues = QueueBudget::of(state, org, max_queues);
     let owner_of = |sender_id: &str| {
         let existing = state.numbers.iter().find(|n| *n.sender_id == *sender_id)?;
         Some(
@@ -153,17 +159,55 @@ pub(crate) fn check_import(
                 .map_or("", |i| i.org.as_str()),
         )
     };
-    check_one(state, org, req, in_flight, owner_of)
+    check_one(state, org, req, in_flight, owner_of, &mut queues)
+}
+
+/// The queues an org uses, against `queues.max_per_org`: a queue is what a tenant names,
+/// and each costs a worker, files and metric series while numbers use it.
+struct QueueBudget<'s> {
+    used: HashSet<&'s str>,
+    max: usize,
+}
+
+impl<'s> QueueBudget<'s> {
+    fn of(state: &'s State, org: &str, max: usize) -> QueueBudget<'s> {
+        let ids: HashSet<&str> = state
+            .integrations
+            .iter()
+            .filter(|i| i.org == org)
+            .map(|i| i.id.as_str())
+            .collect();
+        let used = state
+            .numbers
+            .iter()
+            .filter(|n| ids.contains(&*n.integration_id))
+            .map(|n| &*n.queue)
+            .collect();
+        QueueBudget { used, max }
+    }
+
+    /// Takes `queue` into use, unless it is a new one past the limit.
+    fn take(&mut self, queue: &'s str) -> Result<(), ImportError> {
+        if !self.used.contains(queue) {
+            if self.used.len() >= self.max {
+                return Err(ImportError::QueueLimit { max: self.max });
+            }
+            self.used.insert(queue);
+        }
+        Ok(())
+    }
 }
 
 /// Checks many imports as one: each against the state and the numbers before it in the
 /// list, with an index instead of a scan per number. The error carries the failing position.
-pub(crate) fn check_bulk(
-    state: &State,
+pub(crate) fn check_bulk<'s>(
+    state: &'s State,
     org: &str,
-    reqs: &[ImportRequest],
+    reqs: &'s [ImportRequest],
     in_flight: &HashSet<String>,
+    max_queues: usize,
 ) -> Result<Vec<Number>, (usize, ImportError)> {
+    let mut queues = QueueBudget::of(state, org, max_queues);
     let orgs: HashMap<&str, &str> = state
         .integrations
         .iter()
@@ -181,8 +225,15 @@ pub(crate) fn check_bulk(
         .collect();
     let mut out = Vec::with_capacity(reqs.len());
     for (i, req) in reqs.iter().enumerate() {
-        let number = check_one(state, org, req, in_flight, |sid| owners.get(sid).copied())
-            .map_err(|e| (i, e))?;
+        let number = check_one(
+            state,
+            org,
+            req,
+            in_flight,
+            |sid| owners.get(sid).copied(),
+            &mut queues,
+        )
+        .map_err(|e| (i, e))?;
         owners.insert(req.sender_id.as_str(), org);
         out.push(number);
     }
@@ -190,17 +241,19 @@ pub(crate) fn check_bulk(
 }
 
 /// The checks of SPEC section 4 for one number; `owner_of` tells which org holds a sender ID.
-fn check_one<'s>(
+fn check_one<'s, 'q>(
     state: &State,
     org: &str,
-    req: &ImportRequest,
+    req: &'q ImportRequest,
     in_flight: &HashSet<String>,
     owner_of: impl Fn(&str) -> Option<&'s str>,
+    queues: &mut QueueBudget<'q>,
 ) -> Result<Number, ImportError> {
     let queue = req.queue.as_deref().unwrap_or(DEFAULT_QUEUE);
     if !state::is_queue_name(queue) {
         return Err(ImportError::InvalidRequest(format!(
-            "queue {queue:?} must be 1-64 characters of [A-Za-z0-9_-]"
+            "queue {queue:?}: a queue name is {}",
+            state::QUEUE_NAME_RULE
         )));
     }
     let integration = req
@@ -222,6 +275,7 @@ fn check_one<'s>(
             ImportError::NumberUnavailable
         });
     }
+    queues.take(queue)?;
     let status = match integration.status {
         IntegrationStatus::Active => NumberStatus::Active,
         IntegrationStatus::Inactive => NumberStatus::Disabled,
@@ -383,7 +437,7 @@ mod tests {
     }
 
     fn check(r: &ImportRequest) -> Result<Number, ImportError> {
-        check_import(&state(), "org-a", r, &HashSet::new())
+        check_import(&state(), "org-a", r, &HashSet::new(), 100)
     }
 
     fn code(r: &ImportRequest) -> &'static str {
@@ -499,7 +553,7 @@ mod tests {
     fn provisioning_in_progress_and_unavailable() {
         let r = req("+14155550100", NumberType::Local, None);
         let busy: HashSet<String> = ["+14155550100".to_string()].into();
-        let e = check_import(&state(), "org-a", &r, &busy).unwrap_err();
+        let e = check_import(&state(), "org-a", &r, &busy, 100).unwrap_err();
         assert_eq!(e.code(), "provisioning_in_progress");
         assert_eq!(e.status(), 409);
         let own = req("+15550000001", NumberType::Local, Some("US"));
@@ -544,7 +598,7 @@ mod tests {
         // In flight and owned by another org: in progress first.
         let r = req("+15550000002", NumberType::Local, Some("US"));
         let busy: HashSet<String> = ["+15550000002".to_string()].into();
-        let e = check_import(&state(), "org-a", &r, &busy).unwrap_err();
+        let e = check_import(&state(), "org-a", &r, &busy, 100).unwrap_err();
         assert_eq!(e.code(), "provisioning_in_progress");
     }
 

@@ -20,7 +20,7 @@ use crate::sink::spool::feed::Feed;
 use crate::sink::spool::queues::{self, QueueNameError};
 use crate::sink::spool::{SpoolError, SpoolWriter};
 use route::Route;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,12 +50,15 @@ pub enum DeliveryError {
     },
 }
 
+/// A route's name and one queue it delivers (`ORG/QUEUE`).
+type RouteQueue = (Arc<str>, String);
+
 /// The routes of this process, and the workers started for them.
 pub struct Delivery {
     routes: Vec<(QueueSelector, Arc<Route>)>,
     spool_dir: PathBuf,
     handle: tokio::runtime::Handle,
-    started: Mutex<HashSet<(Arc<str>, String)>>,
+    started: Mutex<HashMap<RouteQueue, tokio::task::JoinHandle<()>>>,
 }
 
 /// A plain `QUEUE` as the one org of the spool that has it.
@@ -147,25 +150,33 @@ impl Delivery {
     }
 
     /// A queue's spool is open (`ORG/QUEUE`): every route that selects it starts delivering
-    /// it from its cursor, fed by `feed`.
+    /// it from its cursor, fed by `feed` — after the route's worker for the queue's previous
+    /// opening (released since) has finished, so one queue has one worker per route.
     pub fn attach(&self, queue: &str, feed: &Arc<Feed>) {
+        let mut started = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        started.retain(|_, worker| !worker.is_finished());
         for (selector, route) in &self.routes {
             if !selector.selects(queue) {
                 continue;
             }
-            let fresh = self
-                .started
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert((route.name.clone(), queue.to_string()));
-            if fresh {
-                self.handle.spawn(route::run(
-                    route.clone(),
-                    self.spool_dir.clone(),
-                    queue.to_string(),
-                    feed.clone(),
-                ));
-            }
+            let key = (route.name.clone(), queue.to_string());
+            let previous = started.remove(&key);
+            let run = route::run(
+                route.clone(),
+                self.spool_dir.clone(),
+                queue.to_string(),
+                feed.clone(),
+            );
+            let worker = self.handle.spawn(async move {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                run.await
+            });
+            started.insert(key, worker);
         }
     }
 

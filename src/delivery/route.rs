@@ -194,8 +194,8 @@ fn conversation(record: &Record) -> u64 {
     foldhash::fast::FixedState::default().hash_one(record.envelope.conversation())
 }
 
-/// Delivers one queue (`ORG/QUEUE`) of `route` from its saved cursor, for as long as the
-/// process runs.
+/// Delivers one queue (`ORG/QUEUE`) of `route` from its saved cursor, until the queue is
+/// released and everything it holds is delivered (or for as long as the process runs).
 pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc<Feed>) {
     let path = route.cursor_path(&queue);
     let loaded = {
@@ -233,7 +233,14 @@ pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc
     // Record sizes seen, to estimate how many records the unread bytes hold.
     let (mut seen_bytes, mut seen_records) = (0u64, 0u64);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    // Set once the source has ended (the queue was released, and all of it read).
+    let mut read_all = false;
     loop {
+        if read_all && sched.pending() == 0 && attempts.is_empty() && !dirty && saving.is_empty() {
+            tracing::info!(route = %route.name, queue, cursor = saved_cursor, "delivery: queue released and delivered; stopped");
+            route.state.forget(&queue);
+            return;
+        }
         while let Some((key, record)) = sched.next() {
             let route = route.clone();
             attempts.spawn(async move {
@@ -243,7 +250,11 @@ pub async fn run(route: Arc<Route>, spool_dir: PathBuf, queue: String, feed: Arc
         }
         let save_in = SAVE_EVERY.saturating_sub(saved_at.elapsed());
         tokio::select! {
-            Some(records) = batches.recv(), if sched.pending() < window => {
+            received = batches.recv(), if !read_all && sched.pending() < window => {
+                let Some(records) = received else {
+                    read_all = true;
+                    continue;
+                };
                 for record in records {
                     seen_bytes += record.next_offset - record.offset;
                     seen_records += 1;
@@ -303,11 +314,13 @@ async fn read(
     loop {
         unread.store(source.unread_bytes(), std::sync::atomic::Ordering::Relaxed);
         match source.next().await {
-            Ok(records) => {
+            Ok(Some(records)) => {
                 if tx.send(records).await.is_err() {
                     return;
                 }
             }
+            // The queue was released and everything durable is handed out.
+            Ok(None) => return,
             Err(e) => {
                 tracing::error!(route = %route.name, error = %e, "delivery: spool not readable; retrying");
                 route.state.failed(&e.to_string());

@@ -32,12 +32,14 @@ pub struct Source {
     mode: Mode,
     batches: broadcast::Receiver<Arc<[Record]>>,
     durable: watch::Receiver<u64>,
+    /// The feed, to know when its writer closed (the queue was released).
+    feed: Arc<Feed>,
 }
 
 impl Source {
     /// Starts at `from`: subscribed to the feed first, so nothing written meanwhile is
     /// missed, then reading the files from there.
-    pub fn new(dir: PathBuf, queue: String, from: u64, feed: &Feed) -> Source {
+    pub fn new(dir: PathBuf, queue: String, from: u64, feed: &Arc<Feed>) -> Source {
         Source {
             dir,
             queue,
@@ -45,6 +47,7 @@ impl Source {
             mode: Mode::Files(None),
             batches: feed.subscribe(),
             durable: feed.durable_end(),
+            feed: feed.clone(),
         }
     }
 
@@ -56,21 +59,22 @@ impl Source {
         }
     }
 
-    /// The next records, in log order (waits for them).
-    pub async fn next(&mut self) -> Result<Vec<Record>, SpoolError> {
+    /// The next records, in log order (waits for them); `None` once the queue's writer
+    /// closed and every durable record was handed out.
+    pub async fn next(&mut self) -> Result<Option<Vec<Record>>, SpoolError> {
         loop {
             let mode = std::mem::replace(&mut self.mode, Mode::Feed);
             match mode {
                 Mode::Files(reader) => {
                     if let Some(records) = self.read_files(reader).await? {
-                        return Ok(records);
+                        return Ok(Some(records));
                     }
                 }
-                Mode::Feed => {
-                    if let Some(records) = self.follow_feed().await {
-                        return Ok(records);
-                    }
-                }
+                Mode::Feed => match self.follow_feed().await {
+                    Followed::Records(records) => return Ok(Some(records)),
+                    Followed::Files => {}
+                    Followed::End => return Ok(None),
+                },
             }
         }
     }
@@ -138,11 +142,25 @@ impl Source {
         Ok(Some(records))
     }
 
-    /// The next batch of the feed past `next`; `None` when the files must be read first
-    /// (the feed went ahead of what was handed out, or this reader lagged behind it).
-    async fn follow_feed(&mut self) -> Option<Vec<Record>> {
+    /// The next batch of the feed past `next`; or the files must be read first (the feed
+    /// went ahead of what was handed out, or this reader lagged behind it); or the end.
+    async fn follow_feed(&mut self) -> Followed {
         loop {
-            match self.batches.recv().await {
+            if self.feed.is_closed() && self.batches.is_empty() {
+                if self.next >= *self.durable.borrow_and_update() {
+                    return Followed::End;
+                }
+                // No batch will come: what is left is in the files.
+                self.mode = Mode::Files(None);
+                return Followed::Files;
+            }
+            let received = tokio::select! {
+                biased;
+                received = self.batches.recv() => received,
+                // Woken by every publish, and by the writer closing.
+                _ = self.durable.changed() => continue,
+            };
+            match received {
                 Ok(batch) => {
                     let records: Vec<Record> = batch
                         .iter()
@@ -154,18 +172,27 @@ impl Source {
                     };
                     if first.offset > self.next {
                         self.mode = Mode::Files(None);
-                        return None;
+                        return Followed::Files;
                     }
                     self.next = records.last().expect("not empty").next_offset;
-                    return Some(records);
+                    return Followed::Records(records);
                 }
                 Err(RecvError::Lagged(_)) => {
                     self.mode = Mode::Files(None);
-                    return None;
+                    return Followed::Files;
                 }
-                // The queue's writer is gone (it never is while the process runs).
+                // The feed is held here, so its sender lives: never reached.
                 Err(RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
     }
+}
+
+/// What following the feed gave.
+enum Followed {
+    Records(Vec<Record>),
+    /// Read the files first.
+    Files,
+    /// The writer closed and everything durable was handed out.
+    End,
 }

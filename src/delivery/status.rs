@@ -89,10 +89,24 @@ impl RouteState {
         inner.file.last_error_at = Some(now_rfc3339());
     }
 
+    /// A released queue's worker stopped (all delivered): it leaves the status and the
+    /// lag gauges; its cursor file stays for when the queue is used again.
+    pub fn forget(&self, queue: &str) {
+        let mut inner = self.lock();
+        inner.file.queues.remove(queue);
+        inner.written = None;
+        self.refresh(inner);
+    }
+
     /// A queue's worker reports; the gauges follow, and the file at most every second.
     pub fn update(&self, queue: &str, stats: QueueStats) {
         let mut inner = self.lock();
         inner.file.queues.insert(queue.to_string(), stats);
+        self.refresh(inner);
+    }
+
+    /// Sets the gauges from the queues' stats, and writes the file at most every second.
+    fn refresh(&self, mut inner: std::sync::MutexGuard<'_, Inner>) {
         let (records, seconds) = lag(&inner.file);
         self.lag_records.set(records as f64);
         self.lag_seconds.set(seconds);

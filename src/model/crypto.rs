@@ -7,10 +7,14 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Environment variable that, when set, overrides `control.master_key_file`.
 pub const MASTER_KEY_ENV: &str = "SMS_INGRESS_MASTER_KEY";
+
+/// The key `take_from_env` moved out of the environment (`None`: there was none).
+static TAKEN_FROM_ENV: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 /// Why a master key or a sealed secret could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,10 @@ pub enum CryptoError {
     },
     #[error("no master key: set control.master_key_file or {MASTER_KEY_ENV}")]
     NoKey,
+    #[error(
+        "master key file {path} may be read by other users (mode {mode:03o}): chmod 600 {path}"
+    )]
+    KeyFileMode { path: String, mode: u32 },
     #[error("sealed secret is malformed")]
     Malformed,
     #[error("sealed secret does not open under this master key (wrong key or tampered state)")]
@@ -94,15 +102,50 @@ impl MasterKey {
 
     /// Loads the key from the environment variable, else from the configured file.
     pub fn load(file: Option<&Path>) -> Result<Self, CryptoError> {
-        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+        let from_env = TAKEN_FROM_ENV
+            .get()
+            .cloned()
+            .flatten()
+            .or_else(|| std::env::var(MASTER_KEY_ENV).ok());
+        if let Some(text) = from_env {
             return Self::from_base64(&text);
         }
         let path = file.ok_or(CryptoError::NoKey)?;
-        let text = std::fs::read_to_string(path).map_err(|source| CryptoError::KeyFile {
+        let key_file_err = |source| CryptoError::KeyFile {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mode = std::fs::metadata(path).map_err(key_file_err)?.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::KeyFileMode {
+                path: path.display().to_string(),
+                mode,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(key_file_err)?;
         Self::from_base64(&text)
+    }
+
+    /// Moves `SMS_INGRESS_MASTER_KEY` out of the environment into this process's memory,
+    /// so no child process and no `/proc/<pid>/environ` reader sees it. Call it before
+    /// any other thread starts (changing the environment is not thread-safe).
+    pub fn take_from_env() {
+        let value = std::env::var(MASTER_KEY_ENV).ok();
+        if value.is_some() {
+            // `/proc/<pid>/environ` shows the block the process started with, which
+            // unsetting does not touch: overwrite the value there first.
+            let name = std::ffi::CString::new(MASTER_KEY_ENV).expect("no NUL in the name");
+            // SAFETY: no other thread runs yet; getenv points into the environment block,
+            // whose value bytes (up to its NUL) are this process's writable memory.
+            unsafe {
+                let p = libc::getenv(name.as_ptr());
+                if !p.is_null() {
+                    std::ptr::write_bytes(p, 0, libc::strlen(p));
+                }
+            }
+            std::env::remove_var(MASTER_KEY_ENV);
+        }
+        let _ = TAKEN_FROM_ENV.set(value);
     }
 
     /// Fresh random key material as base64, for `sms-ingress keygen`.

@@ -352,15 +352,34 @@ pub fn is_short_code(s: &str) -> bool {
 /// Org names become directory names (`<sink.dir>/<org>/<queue>/`) and NATS subject
 /// tokens (`sms.{kind}.{org}.{queue}`): kept as plain as queue names.
 pub fn is_org_name(s: &str) -> bool {
-    is_queue_name(s)
-}
-
-/// Queue names become directory names and NATS subject tokens: keep them plain.
-pub fn is_queue_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What a queue name may be, said in every refusal of one.
+pub const QUEUE_NAME_RULE: &str =
+    "1-64 characters of a-z, 0-9, '_', '.' and '-', starting with a letter or digit";
+
+/// A queue name a change may use (`[a-z0-9][a-z0-9_.-]{0,63}`): it becomes a directory
+/// name, a NATS subject token and a metric label, and is typed on command lines.
+pub fn is_queue_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    let plain = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 64
+        && plain(b[0])
+        && b[1..]
+            .iter()
+            .all(|&c| plain(c) || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A queue name a stored state may hold: today's rule, or the one before it (upper case
+/// and a leading `-` or `_` allowed), so a state written then still loads; changes
+/// through the admin API use `is_queue_name`.
+pub fn is_stored_queue_name(s: &str) -> bool {
+    is_queue_name(s) || (is_org_name(s) && !s.starts_with('.'))
 }
 
 /// Replaces `path` with `bytes` atomically (`fsutil::write_atomic`), naming the file in the error.
@@ -428,9 +447,9 @@ pub fn check_number(n: &Number) -> Result<(), StateError> {
             n.sender_id, n.kind
         ));
     }
-    if !is_queue_name(&n.queue) {
+    if !is_stored_queue_name(&n.queue) {
         return bad(format!(
-            "number {}: queue {:?} must be 1-64 of [A-Za-z0-9_-]",
+            "number {}: queue {:?} must be {QUEUE_NAME_RULE}",
             n.sender_id, n.queue
         ));
     }

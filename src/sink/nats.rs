@@ -79,9 +79,10 @@ pub(crate) fn subject(kind: Kind, queue: &str) -> String {
     format!("sms.{}.{}", kind.as_str(), tokens(queue))
 }
 
-/// The subject tokens of `ORG/QUEUE` (`ORG.QUEUE`; `*` stays a wildcard).
+/// The subject tokens of `ORG/QUEUE` (`ORG.QUEUE`; `*` stays a wildcard). A `.` in a
+/// queue name would split its token, so it is written `~` (no queue or org name has one).
 fn tokens(queue: &str) -> String {
-    queue.replace('/', ".")
+    queue.replace('.', "~").replace('/', ".")
 }
 
 /// The subjects of a queue's envelopes of both kinds: `ORG/QUEUE`, `ORG/*`, or `*` (all).
@@ -92,7 +93,6 @@ pub(crate) fn filter(queue: &str) -> String {
     }
 }
 
-/// `Nats-Msg-Id` of an envelope: the kind keeps inbound and status keys apart.
 /// The stream's replica count as a gauge, and a warning below 3: with fewer, a 200 is
 /// only as durable as one or two servers' disks (docs/FLEET.md, "Durability").
 fn report_replicas(stream: &str, replicas: usize) {

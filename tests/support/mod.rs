@@ -35,6 +35,8 @@ pub struct TestServer {
 #[derive(Clone)]
 pub struct Options {
     pub queue_capacity: usize,
+    /// `queues.max_per_org`.
+    pub max_queues_per_org: usize,
     pub max_batch: usize,
     /// `dead_letters.max_per_integration`.
     pub dead_letter_max: u64,
@@ -52,6 +54,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             queue_capacity: 4096,
+            max_queues_per_org: 100,
             max_batch: 1024,
             dead_letter_max: 100_000,
             extra: String::new(),
@@ -81,9 +84,16 @@ fn vendor_toml(opts: &Options) -> String {
     }
 }
 
+/// Writes a file only its owner may read (a master key: the server refuses any other mode).
+pub fn write_private(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 pub fn write_config(dir: &Path, opts: &Options) -> PathBuf {
     let key = sms_ingress::model::crypto::MasterKey::generate_base64().unwrap();
-    std::fs::write(dir.join("master.key"), key).unwrap();
+    write_private(&dir.join("master.key"), key.as_bytes());
     let spool_sink = format!(
         "[sink]\nkind = \"spool\"\ndir = \"{d}/spool\"\nmax_batch = {mb}\n",
         d = dir.display(),
@@ -129,6 +139,7 @@ max_per_integration = {dlm}
 
 [queues]
 capacity = {cap}
+max_per_org = {mq}
 
 [log]
 format = "json"
@@ -139,6 +150,7 @@ level = "debug"
         ha = sha256_hex(ADMIN_TOKEN),
         hb = sha256_hex(OTHER_ORG_TOKEN),
         cap = opts.queue_capacity,
+        mq = opts.max_queues_per_org,
         dlm = opts.dead_letter_max,
         extra = opts.extra,
         vendor = vendor_toml(opts),
@@ -159,7 +171,21 @@ impl TestServer {
 
     /// Starts (or restarts) a server on an existing directory and config.
     pub fn start_in(dir: PathBuf, config: PathBuf) -> TestServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sms-ingress"))
+        Self::start_under(dir, config, &[])
+    }
+
+    /// Starts a server run by `wrapper` (e.g. `prlimit --nofile=256:256 --`), if not empty.
+    pub fn start_under(dir: PathBuf, config: PathBuf, wrapper: &[&str]) -> TestServer {
+        let bin = env!("CARGO_BIN_EXE_sms-ingress");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("SMS_INGRESS_MASTER_KEY")

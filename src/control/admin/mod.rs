@@ -43,6 +43,8 @@ pub struct AdminApi {
     region: &'static Region,
     vendor: Option<Arc<TwilioClient>>,
     dead_letters: Arc<DeadLetters>,
+    /// `queues.max_per_org`.
+    max_queues_per_org: usize,
 }
 
 /// What a successful request answers: a status and, unless 204, a JSON body.
@@ -80,12 +82,19 @@ impl AdminApi {
             region,
             vendor: None,
             dead_letters,
+            max_queues_per_org: crate::config::QueuesConfig::default().max_per_org,
         })
     }
 
     /// Turns the Twilio REST checks on (`Some`) or off (`None`, `control.vendor_checks = false`).
     pub(crate) fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
         self.vendor = vendor;
+        self
+    }
+
+    /// Sets how many queues one org's numbers may use (`queues.max_per_org`).
+    pub(crate) fn with_queue_limit(mut self, max_per_org: usize) -> Self {
+        self.max_queues_per_org = max_per_org;
         self
     }
 
@@ -148,6 +157,7 @@ impl AdminApi {
         let vendor = self.vendor.clone();
         let dead_letters = Arc::clone(&self.dead_letters);
         let runtime = tokio::runtime::Handle::current();
+        let max_queues_per_org = self.max_queues_per_org;
         // Writes fsync the state file and vendor checks wait on Twilio: keep both off the
         // async workers (a blocking thread may wait on the runtime with `block_on`).
         tokio::task::spawn_blocking(move || {
@@ -157,6 +167,7 @@ impl AdminApi {
                 region,
                 vendor: vendor.as_deref(),
                 runtime: &runtime,
+                max_queues_per_org,
             };
             Caller {
                 ctx: &ctx,

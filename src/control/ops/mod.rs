@@ -74,6 +74,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) vendor: Option<&'a TwilioClient>,
     /// Where the vendor checks' futures run while this (blocking-pool) thread waits.
     pub(crate) runtime: &'a tokio::runtime::Handle,
+    /// `queues.max_per_org`: the queues one org's numbers may use.
+    pub(crate) max_queues_per_org: usize,
 }
 
 impl Ctx<'_> {

@@ -41,7 +41,14 @@ pub(crate) fn run(ctx: &Ctx<'_>, req: BulkImport) -> Result<Applied<usize>, OpEr
         )));
     }
     let state = ctx.store.snapshot();
-    check_bulk(&state, ctx.org, reqs, &ctx.store.in_flight()).map_err(at_index(reqs))?;
+    check_bulk(
+        &state,
+        ctx.org,
+        reqs,
+        &ctx.store.in_flight(),
+        ctx.max_queues_per_org,
+    )
+    .map_err(at_index(reqs))?;
     let mut reservations = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.iter().enumerate() {
         let held = ctx.store.reserve(&r.sender_id);
@@ -51,7 +58,8 @@ pub(crate) fn run(ctx: &Ctx<'_>, req: BulkImport) -> Result<Applied<usize>, OpEr
     check_all_with_twilio(ctx, &state, reqs)?;
     drop(state);
     let imported = ctx.store.apply(|s| -> Result<_, OpError> {
-        let numbers = check_bulk(s, ctx.org, reqs, &HashSet::new()).map_err(at_index(reqs))?;
+        let numbers = check_bulk(s, ctx.org, reqs, &HashSet::new(), ctx.max_queues_per_org)
+            .map_err(at_index(reqs))?;
         let n = numbers.len();
         s.numbers.extend(numbers);
         Ok(n)

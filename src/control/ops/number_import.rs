@@ -26,7 +26,13 @@ pub(crate) fn target(req: &ImportRequest) -> String {
 pub(crate) fn run(ctx: &Ctx<'_>, req: ImportRequest) -> Result<Applied<Number>, OpError> {
     // Cheap checks first, against the current state and the imports under way.
     let state = ctx.store.snapshot();
-    check_import(&state, ctx.org, &req, &ctx.store.in_flight())?;
+    check_import(
+        &state,
+        ctx.org,
+        &req,
+        &ctx.store.in_flight(),
+        ctx.max_queues_per_org,
+    )?;
     let _reservation = ctx
         .store
         .reserve(&req.sender_id)
@@ -36,7 +42,7 @@ pub(crate) fn run(ctx: &Ctx<'_>, req: ImportRequest) -> Result<Applied<Number>, 
     }
     drop(state);
     ctx.store.apply(|s| {
-        let number = check_import(s, ctx.org, &req, &HashSet::new())?;
+        let number = check_import(s, ctx.org, &req, &HashSet::new(), ctx.max_queues_per_org)?;
         s.numbers.push(number.clone());
         Ok(number)
     })

@@ -32,6 +32,8 @@ pub struct Feed {
     full: Arc<AtomicBool>,
     /// `sms_ingress_spool_bytes` of the queue, kept equal to `bytes`.
     gauge: metrics::Gauge,
+    /// Set when the writer closed (the queue was released): the durable end is final.
+    closed: AtomicBool,
 }
 
 impl Feed {
@@ -46,6 +48,7 @@ impl Feed {
             max_bytes,
             full: Arc::default(),
             gauge: metrics::gauge!("sms_ingress_spool_bytes", "queue" => queue.to_string()),
+            closed: AtomicBool::new(false),
         };
         feed.judge_size();
         feed
@@ -72,6 +75,17 @@ impl Feed {
         if let Some(records) = records {
             let _ = self.batches.send(records);
         }
+    }
+
+    /// The writer closed: consumers finish at the durable end (woken to see it).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.durable.send_modify(|_| {});
+    }
+
+    /// Whether the writer closed, so the durable end will not move again.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// The flag new webhooks of the queue are refused by while the queue is over its bound.

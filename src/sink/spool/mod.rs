@@ -18,7 +18,7 @@ mod segments;
 mod writer;
 
 pub use reader::SpoolReader;
-pub(crate) use segments::SpoolError;
+pub(crate) use segments::{set_file_mode, SpoolError};
 pub use writer::SpoolWriter;
 
 use std::io;

@@ -46,12 +46,18 @@ impl Spools {
         self.lock().insert(queue.to_string(), feed);
     }
 
-    /// The open queues and their feeds.
+    /// The open queues and their feeds. A closed queue (released) stays while a consumer
+    /// of this process still delivers it, then is forgotten, with its metric series.
     pub fn all(&self) -> Vec<(String, Arc<Feed>)> {
-        self.lock()
-            .iter()
-            .map(|(q, f)| (q.clone(), f.clone()))
-            .collect()
+        let mut feeds = self.lock();
+        feeds.retain(|queue, feed| {
+            let keep = !feed.is_closed() || Arc::strong_count(feed) > 1;
+            if !keep {
+                crate::telemetry::forget_queue(queue);
+            }
+            keep
+        });
+        feeds.iter().map(|(q, f)| (q.clone(), f.clone())).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Feed>>> {

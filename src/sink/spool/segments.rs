@@ -5,6 +5,7 @@ use crate::envelope::DecodeError;
 use crate::sink::SinkError;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const SEGMENT_SUFFIX: &str = ".log";
@@ -101,11 +102,46 @@ pub(super) fn file_len(file: &File, path: &Path) -> Result<u64, SpoolError> {
 }
 
 pub(super) fn open_rw(path: &Path, create: bool) -> Result<File, SpoolError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(create)
         .truncate(false)
         .open(path)
-        .map_err(io_at(path))
+        .map_err(io_at(path))?;
+    if let (true, Some(mode)) = (create, file_mode()) {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_at(path))?;
+    }
+    Ok(file)
+}
+
+/// `sink.file_mode`, set once at start (unset: the process's 0600/0700 stand).
+static FILE_MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Sets the mode of the segment files created from now on (`sink.file_mode`).
+pub(crate) fn set_file_mode(mode: u32) {
+    let _ = FILE_MODE.set(mode);
+}
+
+fn file_mode() -> Option<u32> {
+    FILE_MODE.get().copied()
+}
+
+/// Creates `base/queue` and every directory between; with `sink.file_mode` set, each of
+/// them gets that mode plus `x` wherever it has `r`, so the consumer can reach the files.
+pub(super) fn create_queue_dir(base: &Path, queue: &str) -> Result<(), SpoolError> {
+    let qdir = base.join(queue);
+    std::fs::create_dir_all(&qdir).map_err(io_at(&qdir))?;
+    if let Some(mode) = file_mode() {
+        let dir_mode = mode | ((mode & 0o444) >> 2);
+        let mut dir = base.to_path_buf();
+        let perms = std::fs::Permissions::from_mode(dir_mode);
+        std::fs::set_permissions(&dir, perms.clone()).map_err(io_at(&dir))?;
+        for part in queue.split('/') {
+            dir.push(part);
+            std::fs::set_permissions(&dir, perms.clone()).map_err(io_at(&dir))?;
+        }
+    }
+    Ok(())
 }

@@ -7,7 +7,8 @@ use super::frame::{
     frame_payload_in_place, good_frame_follows, read_frame_at, FrameAt, FRAME_HEADER_BYTES,
 };
 use super::segments::{
-    check_queue, file_len, io_at, list_segments, open_rw, segment_path, sync_dir, SpoolError,
+    check_queue, create_queue_dir, file_len, io_at, list_segments, open_rw, segment_path, sync_dir,
+    SpoolError,
 };
 use crate::envelope::Envelope;
 use crate::sink::{QueueSink, SinkError};
@@ -50,7 +51,7 @@ impl SpoolWriter {
     pub fn open(dir: &Path, queue: &str, segment_bytes: u64) -> Result<SpoolWriter, SpoolError> {
         check_queue(queue)?;
         let qdir = dir.join(queue);
-        std::fs::create_dir_all(&qdir).map_err(io_at(&qdir))?;
+        create_queue_dir(dir, queue)?;
         let base = list_segments(&qdir)?.last().copied();
         let (base, path, file) = match base {
             Some(base) => {
@@ -336,4 +337,12 @@ fn recover_tail(file: &File, path: &Path) -> Result<(u64, u64), SpoolError> {
     file.set_len(good).map_err(io_at(path))?;
     file.sync_all().map_err(io_at(path))?;
     Ok((good, len - good))
+}
+/// A writer closes when its queue is released: its consumers then know the log's end is final.
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if let Some(feed) = &self.feed {
+            feed.close();
+        }
+    }
 }

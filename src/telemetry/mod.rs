@@ -6,9 +6,13 @@ use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+
+mod series;
+
+pub(crate) use series::{forget_queue, Scrape};
 
 /// Latency buckets in seconds: fine around the 5 ms p99 target, up to Twilio's 15 s timeout.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -40,17 +44,21 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Installs the global recorder; call once, before any metric is recorded.
-pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+/// The bucket settings every registry (global, and each queue's) is built with.
+fn builder() -> anyhow::Result<PrometheusBuilder> {
+    Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("seconds".into()), SECONDS_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full("sms_ingress_sink_batch_size".into()),
             BATCH_BUCKETS,
-        )?
-        .install_recorder()?;
+        )?)
+}
+
+/// Installs the global recorder; call once, before any metric is recorded.
+pub(crate) fn install_recorder() -> anyhow::Result<Scrape> {
+    let scrape = series::Recorders::install(builder)?;
     describe();
-    Ok(handle)
+    Ok(scrape)
 }
 
 /// What a metric is, for its HELP line.
@@ -79,6 +87,7 @@ pub(crate) const METRICS: &[(MetricKind, &str, &str)] = {
         (C, "sms_ingress_enqueued_total", "Envelopes handed to a queue"),
         (C, "sms_ingress_acknowledged_total", "Envelopes made durable by the sink"),
         (G, "sms_ingress_queue_depth", "Envelopes waiting in a queue after its last batch"),
+        (G, "sms_ingress_queues_open", "Queues with a worker; a queue no number uses any more is released"),
         (G, "sms_ingress_queue_capacity", "Envelopes a queue holds before answering 503 (queues.capacity)"),
         (H, "sms_ingress_sink_flush_seconds", "Time to write and fdatasync one batch"),
         (H, "sms_ingress_sink_batch_size", "Envelopes per group commit"),
@@ -133,7 +142,7 @@ fn describe() {
 /// histograms drained; `before_scrape` sets the gauges read at scrape time.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
-    handle: PrometheusHandle,
+    handle: Scrape,
     before_scrape: Arc<dyn Fn() + Send + Sync>,
     shutdown: Shutdown,
 ) {
@@ -164,7 +173,7 @@ pub(crate) async fn serve_metrics(
 /// The answer to one request of the metrics listener.
 fn scrape(
     req: &http::Request<hyper::body::Incoming>,
-    handle: &PrometheusHandle,
+    handle: &Scrape,
     before_scrape: &dyn Fn(),
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != "/metrics" {
@@ -222,7 +231,7 @@ mod tests {
                 if path.is_dir() {
                     walk(&path, out);
                 } else if path.extension().is_some_and(|e| e == "rs")
-                    && !path.ends_with("src/telemetry.rs")
+                    && !path.ends_with("src/telemetry/mod.rs")
                 {
                     let text = std::fs::read_to_string(&path).unwrap();
                     for part in text.split("\"sms_ingress_").skip(1) {
