@@ -89,6 +89,18 @@ fn spooled_for(s: &TestServer, number: &str) -> usize {
         .count()
 }
 
+/// The `state.json.rejected.*` copies of refused edits.
+fn kept_edits(s: &TestServer) -> Vec<std::path::PathBuf> {
+    let mut kept: Vec<_> = std::fs::read_dir(&s.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("state.json.rejected."))
+        .collect();
+    kept.sort();
+    kept
+}
+
 fn patch(s: &TestServer, id: &str, body: Value) -> Response {
     let path = format!("/api/v1/integrations/{id}");
     s.admin("PATCH", &path, ADMIN_TOKEN, Some(&body))
@@ -166,6 +178,16 @@ fn broken_edits_are_rejected_whole_and_the_old_snapshot_serves() {
         let sid = format!("SM2000000000000000000000000000000{i}");
         assert_eq!(inbound(&s, OURS, &sid, TOKEN), 200, "{what}");
         assert_eq!(spooled_for(&s, OURS), i + 1, "{what}");
+        // Kept aside, and the file put back.
+        assert_eq!(kept_edits(&s).len(), i + 1, "{what}");
+        assert!(kept_edits(&s)
+            .iter()
+            .any(|k| std::fs::read(k).unwrap() == *bytes));
+        assert_eq!(
+            read_state(&s)["integrations"],
+            good["integrations"],
+            "{what}"
+        );
     }
     assert_eq!(updates(&s, "file", "accepted"), 0.0);
 
@@ -402,7 +424,8 @@ fn a_large_inventory_journals_small_changes_that_survive_kill9_and_fold_in() {
     assert!(!listed(&s, "+14156000005") && listed(&s, "+14157000001"));
     assert!(listed(&s, "+14156000006"));
 
-    // An edit of the file while the rotation is only journaled would drop it: rejected.
+    // An edit of the file while the rotation is only journaled would drop it: rejected,
+    // kept aside, and the file put back at once with the journaled changes written in.
     let rejected = updates(&s, "file", "rejected");
     let mut edited = read_state(&s);
     edited["integrations"][0]["name"] = json!("edited over the journal");
@@ -410,12 +433,34 @@ fn a_large_inventory_journals_small_changes_that_survive_kill9_and_fold_in() {
     eventually("the edit to be rejected", || {
         updates(&s, "file", "rejected") > rejected
     });
+    let kept = kept_edits(&s);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(std::fs::read_to_string(&kept[0])
+        .unwrap()
+        .contains("edited over the journal"));
+    let state = read_state(&s);
+    assert!(state["integrations"][0]["next_auth_token"].is_object());
+    assert_eq!(state["integrations"][0]["name"], "test");
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
     assert_eq!(
         inbound(&s, OURS, "SM50000000000000000000000000000003", NEXT),
         200
     );
 
+    // kill -9 right after the rejection: the start is clean and serves the journaled state.
+    let mut s = s;
+    s.kill9();
+    let s = s.restart();
+    assert_eq!(
+        inbound(&s, OURS, "SM50000000000000000000000000000004", NEXT),
+        200
+    );
+    assert!(!listed(&s, "+14156000005") && listed(&s, "+14157000001"));
+
     // Ten seconds after the last change the journal is written into the file.
+    let gone = "/api/v1/numbers/%2B14156000006";
+    assert_eq!(s.admin("DELETE", gone, ADMIN_TOKEN, None).status, 204);
+    assert!(std::fs::metadata(&journal).unwrap().len() > 0, "journaled");
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.metric("sms_ingress_control_journal_folds_total") < 1.0 {
         assert!(
@@ -425,16 +470,70 @@ fn a_large_inventory_journals_small_changes_that_survive_kill9_and_fold_in() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let state = read_state(&s);
-    assert!(state["integrations"][0]["next_auth_token"].is_object());
-    assert_eq!(state["integrations"][0]["name"], "test");
     let numbers = state["numbers"].as_array().unwrap();
-    assert_eq!(numbers.len(), 10_001);
+    assert_eq!(numbers.len(), 10_000);
     assert!(numbers.iter().any(|n| n["sender_id"] == "+14157000001"));
-    assert!(!numbers.iter().any(|n| n["sender_id"] == "+14156000005"));
+    assert!(!numbers.iter().any(|n| n["sender_id"] == "+14156000006"));
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), 0);
     let s = s.restart();
     assert_eq!(
-        inbound(&s, OURS, "SM50000000000000000000000000000004", NEXT),
+        inbound(&s, OURS, "SM50000000000000000000000000000005", NEXT),
         200
+    );
+}
+
+#[test]
+fn a_half_written_in_place_edit_is_kept_whole_aside_and_never_lost() {
+    use std::io::Write;
+    let (s, id) = server();
+    let mut edited = read_state(&s);
+    edited["integrations"][0]["name"] = json!("edited in place");
+    let text = serde_json::to_string_pretty(&edited).unwrap();
+    let (first, rest) = text.split_at(text.len() / 2);
+    // An editor writes half the file in place, then stalls past the watcher's debounce.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(state_path(&s))
+        .unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    f.flush().unwrap();
+    eventually("the half-written file to be rejected", || {
+        updates(&s, "file", "rejected") >= 1.0
+    });
+    // An admin change meanwhile lands on the served state, not on the half file.
+    let r = patch(&s, &id, json!({"notes": "admin change"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The editor finishes: its writes go into the kept copy, which ends up whole.
+    f.write_all(rest.as_bytes()).unwrap();
+    drop(f);
+    let kept = kept_edits(&s);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read_to_string(&kept[0]).unwrap(), text);
+    let mut s = s;
+    assert!(s
+        .logs()
+        .iter()
+        .any(|l| l.contains("kept aside") && l.contains(&*kept[0].to_string_lossy())));
+    let state = read_state(&s);
+    assert_eq!(state["integrations"][0]["name"], "test");
+    assert_eq!(state["integrations"][0]["notes"], "admin change");
+    // The operator applies the kept edit on purpose: accepted.
+    let mut fixed: Value = serde_json::from_str(&text).unwrap();
+    fixed["integrations"][0]["notes"] = json!("admin change");
+    let accepted = updates(&s, "file", "accepted");
+    replace_file(&state_path(&s), fixed.to_string().as_bytes());
+    eventually("the fixed edit to be accepted", || {
+        updates(&s, "file", "accepted") > accepted
+    });
+    assert_eq!(
+        s.admin(
+            "GET",
+            &format!("/api/v1/integrations/{id}"),
+            ADMIN_TOKEN,
+            None
+        )
+        .json()["name"],
+        "edited in place"
     );
 }

@@ -267,23 +267,33 @@ fn small_changes_are_journaled_replayed_and_folded() {
     let store = open();
     assert_eq!(store.snapshot(), serving);
 
-    // An edit of the file while changes are journaled would drop them: refused.
+    // An edit of the file while changes are journaled would drop them: refused, kept
+    // aside, and the file put back at once with the journaled changes in it.
     let mut edited = State::load(&path).unwrap();
     edited.integrations[0].notes = "edited".into();
     edited.save(&path).unwrap();
     let err = store.sync_with_file().unwrap().unwrap_err();
     assert_eq!(err.code(), "journal_pending");
     assert_eq!(store.snapshot(), serving);
-
-    // Not folded while changes keep coming; folded once they pause.
-    assert!(!store.fold_journal_if_idle(Duration::from_secs(60)).unwrap());
-    assert!(store.fold_journal_if_idle(Duration::ZERO).unwrap());
-    assert_eq!(State::load(&path).unwrap(), serving);
+    assert_eq!(State::load(&path).unwrap(), serving, "put back");
     assert_eq!(std::fs::metadata(&jpath).unwrap().len(), 0);
-    assert!(!store.fold_journal_if_idle(Duration::ZERO).unwrap(), "once");
+    let kept: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".rejected."))
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        State::load(&kept[0].path()).unwrap().integrations[0].notes,
+        "edited"
+    );
+    assert!(
+        !store.fold_journal_if_idle(Duration::ZERO).unwrap(),
+        "nothing left to fold"
+    );
     assert!(
         store.sync_with_file().is_none(),
-        "the fold is the store's own write"
+        "the put-back file is the store's own write"
     );
 
     // With the journal empty, edits are judged as before.

@@ -100,6 +100,13 @@ impl FileStore {
         change: impl FnOnce(&mut State) -> Result<T, E>,
     ) -> Result<Applied<T>, E> {
         let mut current = lock(&self.current);
+        if FileStamp::at(&self.path) != current.mark.stamp {
+            // Someone else touched the file: let them finish writing (the watcher's
+            // debounce) before judging it, rather than catch it half-written.
+            drop(current);
+            wait_until_quiet(&self.path);
+            current = lock(&self.current);
+        }
         // An external edit not yet picked up by the watcher is adopted (or rejected) first,
         // so this change applies on top of it instead of silently overwriting it.
         self.sync_locked(shared, &mut current);
@@ -234,12 +241,55 @@ impl FileStore {
                 result
             }
         };
-        self.report_reload(shared, &result, current.state.version);
+        let kept = match &result {
+            Err(ReloadError::Read(_)) | Ok(_) => None,
+            Err(_) => self.set_aside(current),
+        };
+        self.report_reload(shared, &result, current.state.version, kept.as_deref());
         Some(result)
     }
 
+    /// A refused edit is kept as `<state_file>.rejected.<unix time>` — a hard link, so an
+    /// editor still writing the file in place writes on into the kept copy — and the state
+    /// file is put back at once: the serving state written whole, with any journaled
+    /// changes, so neither a later admin write nor a crash loses or is blocked by anything.
+    /// Returns the kept copy's path (`None` when the file was removed: nothing to keep).
+    fn set_aside(&self, current: &mut Current) -> Option<PathBuf> {
+        let kept = match std::fs::symlink_metadata(&self.path) {
+            Ok(_) => match keep_rejected(&self.path) {
+                Ok(kept) => Some(kept),
+                Err(e) => {
+                    // Unkept, the edit must stay where it is: the file is not put back.
+                    tracing::error!(path = %self.path.display(), error = %e,
+                        "a refused state file edit could not be kept aside; the file is left as it is");
+                    return None;
+                }
+            },
+            Err(_) => None,
+        };
+        let folded = current.journal.pending();
+        let Current { state, journal, .. } = &mut *current;
+        match crate::background::run_nicer("control-change", || self.write_whole(state, journal)) {
+            Ok((known, stamp)) => {
+                current.mark = FileMark::written(known, stamp);
+                if folded {
+                    metrics::counter!("sms_ingress_control_journal_folds_total").increment(1);
+                }
+            }
+            Err(e) => tracing::error!(path = %self.path.display(), error = %e,
+                "the state file could not be put back after a refused edit"),
+        }
+        kept
+    }
+
     /// One log line, metric, gauge and audit line per judged edit.
-    fn report_reload(&self, shared: &Shared, result: &Result<u64, ReloadError>, version: u64) {
+    fn report_reload(
+        &self,
+        shared: &Shared,
+        result: &Result<u64, ReloadError>,
+        version: u64,
+        kept: Option<&Path>,
+    ) {
         let path = self.path.display().to_string();
         let outcome = match result {
             Ok(_) => audit::Outcome::Accepted,
@@ -251,15 +301,20 @@ impl FileStore {
             .set(f64::from(u8::from(accepted)));
         metrics::gauge!("sms_ingress_control_file_reload_timestamp_seconds")
             .set(crate::telemetry::unix_now());
-        let reason = result.as_ref().err().map(ToString::to_string);
+        let reason = result.as_ref().err().map(|e| match kept {
+            Some(k) => format!("{e}; the edit is kept as {}", k.display()),
+            None => e.to_string(),
+        });
+        let kept_as = kept.map(|k| k.display().to_string());
         match result {
             Ok(_) => tracing::info!(path, version, "state file edit accepted"),
             Err(e) => tracing::warn!(
                 path,
                 code = e.code(),
                 reason = reason.as_deref().unwrap_or_default(),
+                kept_as = kept_as.as_deref().unwrap_or("-"),
                 version,
-                "state file edit rejected; the previous state keeps serving"
+                "state file edit rejected and kept aside; the file is put back and the previous state keeps serving"
             ),
         }
         shared.audit.record(&audit::Entry {
@@ -274,6 +329,57 @@ impl FileStore {
             state_version: version,
         });
     }
+}
+
+/// Waits, at most `watch::MAX_SETTLE`, until the file has not been written for
+/// `watch::DEBOUNCE`.
+fn wait_until_quiet(path: &Path) {
+    let deadline = Instant::now() + watch::MAX_SETTLE;
+    while Instant::now() < deadline {
+        let Some(modified) = std::fs::metadata(path).and_then(|m| m.modified()).ok() else {
+            return;
+        };
+        let age = std::time::SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
+        if age >= watch::DEBOUNCE {
+            return;
+        }
+        std::thread::sleep(watch::DEBOUNCE - age);
+    }
+}
+
+/// Links the state file's current inode as `<state_file>.rejected.<unix time>[.<n>]`.
+fn keep_rejected(path: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0..1000 {
+        let suffix = if n == 0 {
+            format!("{name}.rejected.{secs}")
+        } else {
+            format!("{name}.rejected.{secs}.{n}")
+        };
+        let kept = path.with_file_name(suffix);
+        match std::fs::hard_link(path, &kept) {
+            Ok(()) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    crate::fsutil::sync_dir(dir)?;
+                }
+                return Ok(kept);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "too many rejected copies this second",
+    ))
 }
 
 /// Validates and publishes an edited file's content, then makes it the serving state.

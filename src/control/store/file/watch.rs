@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 pub(crate) const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// Longest a stream of events can delay a reload.
-const MAX_SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// Why the watcher could not start.
 #[derive(Debug, thiserror::Error)]
