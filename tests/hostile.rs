@@ -457,3 +457,82 @@ fn a_master_key_others_can_read_is_refused_and_the_env_key_leaves_the_environmen
         "the key is readable in /proc/<pid>/environ"
     );
 }
+
+#[test]
+fn refused_admin_requests_are_audited_without_filling_the_disk() {
+    let viewer = "viewer-token-for-the-audit-test";
+    let s = TestServer::start(Options {
+        extra: format!(
+            "[[control.admin_tokens]]\nid = \"a-viewer\"\norg = \"org-a\"\ntoken_sha256 = \"{}\"\npermissions = [\"integration:view\"]\n",
+            sha256_hex(viewer)
+        ),
+        ..Options::default()
+    });
+    // A flood of unknown tokens.
+    for i in 0..50 {
+        let r = s.admin("GET", "/api/v1/integrations", &format!("guess-{i}"), None);
+        assert_eq!(r.status, 401);
+    }
+    // A known token without the permission.
+    let r = s.admin(
+        "POST",
+        "/api/v1/integrations",
+        viewer,
+        Some(&json!({"name": "t", "account_sid": ACCOUNT_A, "auth_token": TOKEN_A})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        s.admin("GET", "/api/v1/numbers", "one-more-guess", None)
+            .status,
+        401
+    );
+    let audit = std::fs::read_to_string(s.dir.join("audit.log")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let refused: Vec<_> = lines
+        .iter()
+        .filter(|l| l["action"] == "admin.refused")
+        .collect();
+    assert!(
+        (10..=21).contains(&refused.len()),
+        "{} refused lines for 52 refusals: {audit}",
+        refused.len()
+    );
+    let first = refused[0];
+    assert_eq!(
+        (
+            first["token_id"].as_str(),
+            first["code"].as_str(),
+            first["target"].as_str()
+        ),
+        (
+            Some("unknown"),
+            Some("unauthorized"),
+            Some("GET /api/v1/integrations")
+        )
+    );
+    assert!(
+        !audit.contains("guess-"),
+        "a presented token is never written"
+    );
+    let left_out: u64 = lines
+        .iter()
+        .filter(|l| l["action"] == "admin.refused_left_out")
+        .map(|l| {
+            let reason = l["reason"].as_str().unwrap();
+            reason.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(left_out + refused.len() as u64, 52, "{audit}");
+    assert_eq!(
+        s.metric("sms_ingress_admin_refused_total{code=\"unauthorized\"}"),
+        51.0
+    );
+    assert_eq!(
+        s.metric("sms_ingress_admin_refused_total{code=\"forbidden\"}"),
+        1.0
+    );
+}

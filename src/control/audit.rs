@@ -93,6 +93,30 @@ pub(crate) struct AuditLog {
     max_bytes: u64,
     /// Rotated files kept (`<path>.1` … `<path>.N`).
     keep: usize,
+    /// The rate limit of refused-request lines.
+    refused: Mutex<RefusedWindow>,
+}
+
+/// Refused admin requests (401/403) written per second at most: a flood of bad tokens
+/// cannot fill the disk or fsync per request; what is left out is said in one line.
+const REFUSED_PER_SECOND: u32 = 10;
+
+/// The current second's count of refused-request lines, and those left out.
+#[derive(Debug)]
+struct RefusedWindow {
+    started: std::time::Instant,
+    written: u32,
+    left_out: u64,
+}
+
+impl Default for RefusedWindow {
+    fn default() -> Self {
+        RefusedWindow {
+            started: std::time::Instant::now(),
+            written: 0,
+            left_out: 0,
+        }
+    }
 }
 
 /// Opens (creating, owner-only) `path` for appending.
@@ -127,6 +151,7 @@ impl AuditLog {
             path: path.to_path_buf(),
             max_bytes: 0,
             keep: 1,
+            refused: Mutex::default(),
         })
     }
 
@@ -144,11 +169,50 @@ impl AuditLog {
             path: PathBuf::new(),
             max_bytes: 0,
             keep: 1,
+            refused: Mutex::default(),
         }
     }
 
     /// Appends one line in a single `write` and syncs it. A failure is logged and counted
     /// but does not undo the change, which is already live.
+    /// A refused admin request (401/403): written unless this second already has
+    /// `REFUSED_PER_SECOND` of them; the next line written says how many were left out.
+    pub(crate) fn record_refused(&self, entry: &Entry<'_>) {
+        let left_out = {
+            let mut w = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if w.started.elapsed() >= std::time::Duration::from_secs(1) {
+                w.started = std::time::Instant::now();
+                w.written = 0;
+            }
+            if w.written >= REFUSED_PER_SECOND {
+                w.left_out += 1;
+                return;
+            }
+            w.written += 1;
+            std::mem::take(&mut w.left_out)
+        };
+        if left_out > 0 {
+            let reason = format!(
+                "{left_out} refused requests were not written (over {REFUSED_PER_SECOND} a second)"
+            );
+            self.record(&Entry {
+                source: Source::Admin,
+                org: None,
+                token_id: None,
+                action: "admin.refused_left_out",
+                target: "-",
+                result: Outcome::Rejected,
+                code: Some("rate_limited"),
+                reason: Some(&reason),
+                state_version: entry.state_version,
+            });
+        }
+        self.record(entry);
+    }
+
     pub(crate) fn record(&self, entry: &Entry<'_>) {
         let Some(file) = &self.file else { return };
         let line = format_line(entry, SystemTime::now());

@@ -111,6 +111,7 @@ pub(crate) const METRICS: &[(MetricKind, &str, &str)] = {
         (C, "sms_ingress_control_kv_reloads_total", "Full reloads of the KV bucket (start, reconnect)"),
         (G, "sms_ingress_control_kv_synced", "1 while the KV watch is caught up with the bucket"),
         (G, "sms_ingress_control_kv_tolerated", "Records served despite a cross-record race, by reason"),
+        (C, "sms_ingress_admin_refused_total", "Admin API requests refused for a missing or unknown token (401) or a permission (403), by code"),
         (C, "sms_ingress_audit_write_errors_total", "Audit lines that could not be written"),
         (C, "sms_ingress_config_reloads_total", "SIGHUP config reloads by result"),
         (G, "sms_ingress_connections_active", "Open webhook connections"),

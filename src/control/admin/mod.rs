@@ -135,13 +135,14 @@ impl AdminApi {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let who = self
-            .authenticate(req.headers().get(AUTHORIZATION))
-            .ok_or_else(ApiError::unauthorized)?;
+        let Some(who) = self.authenticate(req.headers().get(AUTHORIZATION)) else {
+            return Err(self.refused(None, &req, ApiError::unauthorized()));
+        };
         let route = route::route(req.method(), req.uri().path())?;
         if let Some(p) = route.permission() {
             if !who.permissions.contains(&p) {
-                return Err(ApiError::forbidden(&auth::permission_name(p)));
+                let e = ApiError::forbidden(&auth::permission_name(p));
+                return Err(self.refused(Some(&who), &req, e));
             }
         }
         let query = req.uri().query().map(str::to_string);
@@ -178,6 +179,32 @@ impl AdminApi {
         })
         .await
         .unwrap_or_else(|_| Err(ApiError::internal("the request handler failed")))
+    }
+
+    /// Audits a refused request (401/403): the token id or `unknown`, the method and path,
+    /// the reason; rate-limited by the audit log so a flood cannot fill the disk.
+    fn refused<B>(&self, who: Option<&Principal>, req: &Request<B>, e: ApiError) -> ApiError {
+        let mut target = format!("{} {}", req.method(), req.uri().path());
+        if target.len() > 200 {
+            let mut cut = 200;
+            while !target.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            target.truncate(cut);
+        }
+        metrics::counter!("sms_ingress_admin_refused_total", "code" => e.code()).increment(1);
+        self.store.audit().record_refused(&Entry {
+            source: Source::Admin,
+            org: who.map(|w| w.org.as_str()),
+            token_id: Some(who.map_or("unknown", |w| w.token_id.as_str())),
+            action: "admin.refused",
+            target: &target,
+            result: Outcome::Rejected,
+            code: Some(e.code()),
+            reason: Some(e.message()),
+            state_version: self.store.version(),
+        });
+        e
     }
 
     /// Replays an active own-org integration's dead letters; async, as it awaits the
