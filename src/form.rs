@@ -35,6 +35,39 @@ pub struct Form<'a> {
 impl<'a> Form<'a> {
     /// Parses a whole body; empty segments (`a=1&&b=2`) are skipped, `name` without `=` has an empty value.
     pub fn parse(body: &'a [u8]) -> Result<Form<'a>, FormError> {
+        let mut form = Self::parse_in_order(body)?;
+        let (body, decoded) = (form.body, form.decoded.as_str());
+        let text_of = |s: &Span| resolve(body, decoded, *s);
+        form.pairs.sort_unstable_by(|a, b| {
+            (text_of(&a.0), text_of(&a.1)).cmp(&(text_of(&b.0), text_of(&b.1)))
+        });
+        Ok(form)
+    }
+
+    /// Whether some name appears more than once (its values may be signed several ways).
+    pub fn has_repeated_names(&self) -> bool {
+        self.pairs
+            .windows(2)
+            .any(|w| self.text(w[0].0) == self.text(w[1].0))
+    }
+
+    /// The pairs sorted by name with each name's values in the order they were sent (how
+    /// `twilio-ruby` signs a repeated name); rebuilt from the body, for the rare retry.
+    pub fn pairs_as_sent(&self) -> Vec<(String, String)> {
+        let Ok(sent) = Self::parse_in_order(self.body.as_bytes()) else {
+            return Vec::new();
+        };
+        let mut pairs: Vec<(String, String)> = sent
+            .pairs
+            .iter()
+            .map(|(n, v)| (sent.text(*n).to_string(), sent.text(*v).to_string()))
+            .collect();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        pairs
+    }
+
+    /// The fields in the order the body has them.
+    fn parse_in_order(body: &'a [u8]) -> Result<Form<'a>, FormError> {
         if u32::try_from(body.len()).is_err() {
             return Err(FormError::TooLarge);
         }
@@ -61,11 +94,6 @@ impl<'a> Form<'a> {
             let value = form.span(value_start, seg_start + segment.len(), &mut scratch)?;
             form.pairs.push((name, value));
         }
-        let (body, decoded) = (form.body, form.decoded.as_str());
-        let text_of = |s: &Span| resolve(body, decoded, *s);
-        form.pairs.sort_unstable_by(|a, b| {
-            (text_of(&a.0), text_of(&a.1)).cmp(&(text_of(&b.0), text_of(&b.1)))
-        });
         Ok(form)
     }
 

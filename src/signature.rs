@@ -1,5 +1,9 @@
 //! Twilio request signatures: base64(HMAC-SHA1(Auth Token, URL + sorted name/value pairs)),
-//! compared in constant time, over the URL with and without the scheme's default port.
+//! compared in constant time. Where Twilio's own libraries disagree (tests/fixtures/
+//! twilio_signature_vectors.json), what a real request can carry is accepted: the URL with
+//! the scheme's default port added or any port removed, credentials kept in it, a query
+//! differing only in `'` / `%27`; a repeated name's values sorted (every pair), distinct,
+//! or as sent. The main forms are tried first, so a valid request pays nothing extra.
 
 use crate::form::Form;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -54,22 +58,22 @@ struct UrlParts<'a> {
 
 impl UrlParts<'_> {
     fn default_port(&self) -> u16 {
-        if self.scheme == "https" {
+        if self.scheme.eq_ignore_ascii_case("https") {
             443
         } else {
             80
         }
     }
 
-    /// The URL as written first, then its twin with the default port added or removed.
+    /// The URL as written first, then its twin with the port removed (whatever it is: the
+    /// libraries accept that) or, without one, with the default port added.
     fn variants(&self, rest: &str) -> Vec<String> {
         let (scheme, host, default) = (self.scheme, self.host, self.default_port());
         match self.port {
-            Some(p) if p == default => vec![
+            Some(p) => vec![
                 format!("{scheme}://{host}:{p}{rest}"),
                 format!("{scheme}://{host}{rest}"),
             ],
-            Some(p) => vec![format!("{scheme}://{host}:{p}{rest}")],
             None => vec![
                 format!("{scheme}://{host}{rest}"),
                 format!("{scheme}://{host}:{default}{rest}"),
@@ -79,28 +83,34 @@ impl UrlParts<'_> {
 }
 
 fn split_url(s: &str) -> Result<UrlParts<'_>, UrlError> {
-    let (scheme, after) = if let Some(a) = s.strip_prefix("https://") {
-        ("https", a)
-    } else if let Some(a) = s.strip_prefix("http://") {
-        ("http", a)
+    // The scheme's case is kept as given: it is part of what was signed (C# keeps it).
+    let lower = |n: usize| s.get(..n).map(str::to_ascii_lowercase);
+    let (scheme, after) = if lower(8).as_deref() == Some("https://") {
+        (&s[..5], &s[8..])
+    } else if lower(7).as_deref() == Some("http://") {
+        (&s[..4], &s[7..])
     } else {
         return Err(UrlError::Scheme);
     };
     let end = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, rest) = after.split_at(end);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
+    // `user:password@` stays part of what is signed; the port comes after it.
+    let at = authority.rfind('@').map_or(0, |i| i + 1);
+    let (userinfo, hostport) = authority.split_at(at);
+    let (host_len, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
             let port: u16 = p.parse().map_err(|_| UrlError::Port)?;
             if port == 0 {
                 return Err(UrlError::Port);
             }
-            (h, Some(port))
+            (h.len(), Some(port))
         }
-        _ => (authority, None),
+        _ => (hostport.len(), None),
     };
-    if host.is_empty() {
+    if host_len == 0 {
         return Err(UrlError::NoHost);
     }
+    let host = &authority[..userinfo.len() + host_len];
     Ok(UrlParts {
         scheme,
         host,
@@ -109,10 +119,34 @@ fn split_url(s: &str) -> Result<UrlParts<'_>, UrlError> {
     })
 }
 
-/// Every form of a full URL a Twilio library would accept: as given, and with the default port toggled.
+/// Every form of a full URL a Twilio library would accept: as given, with the port removed
+/// or the default one added; then, if the query has `'` or `%27`, each with the other
+/// spelling (Node's validator normalises the URL before signing).
 pub fn url_variants(url: &str) -> Result<Vec<String>, UrlError> {
     let parts = split_url(url)?;
-    Ok(parts.variants(parts.rest))
+    let mut out = parts.variants(parts.rest);
+    if let Some(q) = parts.rest.find('?') {
+        let (path, query) = parts.rest.split_at(q);
+        for other in [query.replace('\'', "%27"), query.replace("%27", "'")] {
+            if other != query {
+                out.extend(parts.variants(&format!("{path}{other}")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// For a JSON body (not used by messaging webhooks): whether the URL's `bodySHA256` query
+/// parameter is the hex SHA-256 of the body; the signature then covers the URL alone.
+pub fn body_sha256_matches(url: &str, body: &[u8]) -> bool {
+    let digest = ring::digest::digest(&ring::digest::SHA256, body);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    url.split_once('?')
+        .map(|(_, q)| {
+            q.split('&')
+                .any(|p| p.strip_prefix("bodySHA256=") == Some(hex.as_str()))
+        })
+        .unwrap_or(false)
 }
 
 /// The exact string Twilio signs, for operators comparing with Twilio's console.
@@ -127,14 +161,35 @@ pub fn signed_string(url: &str, form: &Form<'_>) -> String {
 
 /// HMAC-SHA1 tag over the URL (prefix + suffix) and the pairs (kept sorted by `Form`), without building the string.
 fn tag(key: &hmac::Key, url: &str, suffix: &str, form: &Form<'_>) -> hmac::Tag {
+    tag_of(key, url, suffix, form.pairs())
+}
+
+fn tag_of<'p>(
+    key: &hmac::Key,
+    url: &str,
+    suffix: &str,
+    pairs: impl Iterator<Item = (&'p str, &'p str)>,
+) -> hmac::Tag {
     let mut ctx = hmac::Context::with_key(key);
     ctx.update(url.as_bytes());
     ctx.update(suffix.as_bytes());
-    for (n, v) in form.pairs() {
+    for (n, v) in pairs {
         ctx.update(n.as_bytes());
         ctx.update(v.as_bytes());
     }
     ctx.sign()
+}
+
+/// The other ways the libraries concatenate a repeated name: each identical pair once
+/// (Python, Node, PHP), and the values in the order sent (Ruby).
+fn repeat_orderings(form: &Form<'_>) -> [Vec<(String, String)>; 2] {
+    let mut distinct: Vec<(String, String)> = Vec::with_capacity(form.pairs().len());
+    for (n, v) in form.pairs() {
+        if distinct.last().map_or(true, |(ln, lv)| ln != n || lv != v) {
+            distinct.push((n.to_string(), v.to_string()));
+        }
+    }
+    [distinct, form.pairs_as_sent()]
 }
 
 /// The HMAC key for an Auth Token.
@@ -168,6 +223,30 @@ pub fn verify(
             let expected = tag(k, url, suffix, form);
             if constant_time_eq(expected.as_ref(), &sig[..n]) {
                 return Some(i);
+            }
+        }
+    }
+    // Only a form with a repeated name gets here twice over: at most 2 more orderings
+    // per URL and key, each skipped when it equals the main one.
+    if !form.has_repeated_names() {
+        return None;
+    }
+    let main: Vec<(&str, &str)> = form.pairs().collect();
+    for ordering in repeat_orderings(form) {
+        if ordering
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .eq(main.iter().copied())
+        {
+            continue;
+        }
+        for (i, url) in prefixes.iter().enumerate() {
+            for k in keys {
+                let pairs = ordering.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+                let expected = tag_of(k, url, suffix, pairs);
+                if constant_time_eq(expected.as_ref(), &sig[..n]) {
+                    return Some(i);
+                }
             }
         }
     }
@@ -232,6 +311,69 @@ mod tests {
         assert_eq!(signed_string("u", &form), "ua9b1b2");
     }
 
+    /// The string each library signs for a repeated name, computed by hand.
+    fn sig_over(url: &str, concatenated: &str, token: &[u8]) -> String {
+        let k = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token);
+        B64.encode(hmac::sign(&k, format!("{url}{concatenated}").as_bytes()).as_ref())
+    }
+
+    #[test]
+    fn repeated_pairs_are_accepted_as_each_library_signs_them() {
+        let url = "https://h/x";
+        let urls = url_variants(url).unwrap();
+        let keys = [key(b"t")];
+        // An identical pair twice: Python, Node, PHP sign it once; we sign every pair.
+        let twice = Form::parse(b"Tag=a&Tag=a&To=1").unwrap();
+        for s in [
+            sig_over(url, "TagaTo1", b"t"),
+            sig_over(url, "TagaTagaTo1", b"t"),
+        ] {
+            assert!(
+                verify(&urls, "", &twice, &keys, s.as_bytes()).is_some(),
+                "{s}"
+            );
+        }
+        // Values sent out of order: sorted (Python, Node, PHP) or as sent (Ruby).
+        let unsorted = Form::parse(b"b=2&a=0&b=1").unwrap();
+        for s in [sig_over(url, "a0b1b2", b"t"), sig_over(url, "a0b2b1", b"t")] {
+            assert!(
+                verify(&urls, "", &unsorted, &keys, s.as_bytes()).is_some(),
+                "{s}"
+            );
+        }
+        // Never an ordering no library uses, nor a different value.
+        for s in [sig_over(url, "b2b1a0", b"t"), sig_over(url, "a0b1", b"t")] {
+            assert_eq!(
+                verify(&urls, "", &unsorted, &keys, s.as_bytes()),
+                None,
+                "{s}"
+            );
+        }
+        assert!(!Form::parse(b"a=1&b=2").unwrap().has_repeated_names());
+    }
+
+    #[test]
+    fn credentials_and_quotes_in_the_url() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        let with_user = "https://user:pass@mycompany.com/myapp.php?foo=1&bar=2";
+        let s = compute(with_user, &form, b"12345");
+        let urls = url_variants(with_user).unwrap();
+        assert_eq!(
+            verify(&urls, "", &form, &[key(b"12345")], s.as_bytes()),
+            Some(0)
+        );
+        let urls = url_variants("https://h/x?q=it's").unwrap();
+        assert!(
+            urls.contains(&"https://h/x?q=it%27s".to_string()),
+            "{urls:?}"
+        );
+        assert_eq!(
+            url_variants("HTTP://H:80/x").unwrap(),
+            vec!["HTTP://H:80/x", "HTTP://H/x"],
+            "case kept"
+        );
+    }
+
     #[test]
     fn default_port_variants_accepted() {
         let form = Form::parse(DOC_BODY).unwrap();
@@ -250,7 +392,11 @@ mod tests {
         );
         assert_eq!(
             url_variants("http://h:8080/x").unwrap(),
-            vec!["http://h:8080/x"]
+            vec!["http://h:8080/x", "http://h/x"]
+        );
+        assert_eq!(
+            url_variants("https://u:p@h/x").unwrap(),
+            vec!["https://u:p@h/x", "https://u:p@h:443/x"]
         );
     }
 
@@ -303,7 +449,7 @@ mod tests {
         );
         assert_eq!(
             PublicUrl::parse("http://127.0.0.1:8080").unwrap().bases(),
-            ["http://127.0.0.1:8080"]
+            ["http://127.0.0.1:8080", "http://127.0.0.1"]
         );
         assert_eq!(PublicUrl::parse("ftp://x"), Err(UrlError::Scheme));
         assert_eq!(PublicUrl::parse("https://x/path"), Err(UrlError::HasPath));

@@ -544,13 +544,25 @@ fn an_oversized_body_is_refused_alone_while_concurrent_small_ones_are_stored() {
     assert_eq!(import(&s, &id, "+14155550100", "default").status, 201);
     // server.max_body_bytes is 4096 here; check-config keeps it where an envelope always
     // fits a record (protocols::check_config_refuses_a_body_limit_whose_envelopes_cannot_fit_a_record).
-    let big = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, "SMbig", &"x".repeat(5000));
+    let big = inbound_body(
+        "+14155550100",
+        CUSTOMER,
+        ACCOUNT_A,
+        "SMbig",
+        &"x".repeat(5000),
+    );
     let results: Vec<(bool, u16)> = std::thread::scope(|scope| {
         let mut handles = vec![scope.spawn(|| (true, s.post_signed("mo", &big, TOKEN_A).status))];
         for i in 0..6 {
             let s = &s;
             handles.push(scope.spawn(move || {
-                let body = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, &format!("SMsmall{i}"), "hi");
+                let body = inbound_body(
+                    "+14155550100",
+                    CUSTOMER,
+                    ACCOUNT_A,
+                    &format!("SMsmall{i}"),
+                    "hi",
+                );
                 (false, s.post_signed("mo", &body, TOKEN_A).status)
             }));
         }
