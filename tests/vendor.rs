@@ -219,6 +219,26 @@ fn wrong_sms_url_is_webhook_not_configured_until_fixed() {
 }
 
 #[test]
+fn an_sms_url_with_a_connection_override_fragment_imports() {
+    let (t, s) = start();
+    let id = integration_a(&s);
+    // Twilio's documented way to tune its own retries; the fragment is never sent.
+    t.fake
+        .add_number(ACCOUNT, "+14155550100", &format!("{}#rc=3&rp=all", hook()));
+    let r = import(&s, ADMIN_TOKEN, &phone(&id, "+14155550100", "local", "US"));
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The fragment does not make another URL right.
+    t.fake
+        .add_number(ACCOUNT, "+14155550101", "https://old.example/sms#rc=3");
+    let msg = expect_error(
+        &import(&s, ADMIN_TOKEN, &phone(&id, "+14155550101", "local", "US")),
+        422,
+        "webhook_not_configured",
+    );
+    assert!(msg.contains("#rc=3&rp=all may follow"), "{msg}");
+}
+
+#[test]
 fn messaging_service_must_defer_to_the_senders_webhook() {
     let (t, s) = start();
     let id = integration_a(&s);

@@ -478,3 +478,28 @@ fn the_signature_tool_takes_the_token_from_a_file_or_the_environment() {
     assert_ne!(code, Some(0));
     assert!(err.contains("--token-file"), "{err}");
 }
+
+#[test]
+fn an_identical_pair_sent_twice_verifies_as_twilio_python_signs_it() {
+    let (s, _) = server_with_number(Options::default());
+    let once = format!(
+        "{}&Tag=a",
+        inbound("SM00000000000000000000000000000a1a", "tags")
+    );
+    let twice = format!("{once}&Tag=a");
+    let path = TestServer::webhook_path("mo");
+    // twilio-python (and Node, PHP) sign each name's distinct values once.
+    let python = sign(&path, &once, TOKEN);
+    let r = s.post(&path, &twice, &[("X-Twilio-Signature", python.as_str())]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Signed over every pair, as twilio-ruby does, it verifies too.
+    let every = sign(&path, &twice, TOKEN);
+    let twice2 = twice.replace(
+        "SM00000000000000000000000000000a1a",
+        "SM00000000000000000000000000000a1b",
+    );
+    let every2 = sign(&path, &twice2, TOKEN);
+    assert_ne!(every, python);
+    let r = s.post(&path, &twice2, &[("X-Twilio-Signature", every2.as_str())]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
