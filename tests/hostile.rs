@@ -137,6 +137,19 @@ fn queue_churn_gives_back_threads_fds_memory_and_series() {
         !s.metrics().contains("churn-"),
         "a released queue's series stay"
     );
+    // A released queue's segment keeps no reserved blocks (sink.preallocate_bytes).
+    use std::os::unix::fs::MetadataExt;
+    let mut allocated = 0;
+    for i in 0..300 {
+        let q = s.dir.join(format!("spool/org-a/churn-{i}"));
+        for f in std::fs::read_dir(&q).unwrap().flatten() {
+            allocated += f.metadata().unwrap().blocks() * 512;
+        }
+    }
+    assert!(
+        allocated < 300 * 64 * 1024,
+        "{allocated} bytes allocated for 300 released queues"
+    );
     // The kept queue still works, and a churned name comes back as a fresh queue.
     let body = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, "SMafter", "hi");
     assert_eq!(s.post_signed("mo", &body, TOKEN_A).status, 200);

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The hostile-tenant figures of the tenant-isolation issue, measured on a release binary:
-queue churn (RSS, threads, fds, /metrics lines), an fd flood under RLIMIT_NOFILE 256
+queue churn (RSS, threads, fds, /metrics lines, disk blocks of the spool), an fd flood under RLIMIT_NOFILE 256
 (CPU seconds), and the modes of the files written under umask 022.
 
     python3 loadtest/scripts/hostile.py [BINARY ...]     (default ./target/release/sms-ingress)
@@ -109,6 +109,14 @@ level = "warn"
     return p, d, sock, web, met
 
 
+def spool_mb(d):
+    total = 0
+    for root, _, files in os.walk(os.path.join(d, "spool")):
+        for f in files:
+            total += os.lstat(os.path.join(root, f)).st_blocks * 512
+    return round(total / 2**20, 1)
+
+
 def held(pid):
     status = open(f"/proc/{pid}/status").read()
     field = lambda n: int(next(l for l in status.splitlines() if l.startswith(n)).split()[1])
@@ -144,7 +152,7 @@ def churn(binary, cycles=100):
         s, t = admin(sock, "DELETE", "/api/v1/numbers/" + number.replace("+", "%2B"))
         assert s == 204, t
     time.sleep(3)
-    after = held(p.pid) | {"metrics_lines": metrics_lines(met)}
+    after = held(p.pid) | {"metrics_lines": metrics_lines(met), "spool_disk_mb": spool_mb(d)}
     p.kill()
     p.wait()
     return before, after, d

@@ -338,9 +338,12 @@ fn recover_tail(file: &File, path: &Path) -> Result<(u64, u64), SpoolError> {
     file.sync_all().map_err(io_at(path))?;
     Ok((good, len - good))
 }
-/// A writer closes when its queue is released: its consumers then know the log's end is final.
+/// A writer closes when its queue is released: the blocks reserved past its end are handed
+/// back, and its consumers then know the log's end is final.
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
+        // A released queue keeps no reserved blocks (8 MiB a queue by default).
+        self.release_reserved();
         if let Some(feed) = &self.feed {
             feed.close();
         }
