@@ -21,6 +21,8 @@ pub(crate) struct IntegrationEntry {
     pub(crate) active: bool,
     /// The primary token's key, then the rotation candidate's if one is set.
     pub(crate) keys: Vec<hmac::Key>,
+    /// SharedKeys by id (HMAC-SHA256), for requests naming one in their settings header.
+    pub(crate) signing_keys: Vec<(Box<str>, hmac::Key)>,
 }
 
 /// Whether webhooks for a number are routed or dropped, and why.
@@ -217,12 +219,22 @@ fn integration_entry(i: &Integration, key: &MasterKey) -> Result<IntegrationEntr
                 .as_bytes(),
         ));
     }
+    let mut signing_keys = Vec::with_capacity(i.signing_keys.len());
+    for k in &i.signing_keys {
+        let aad = crate::model::state::signing_key_aad(&i.id, &k.id);
+        let secret = key.open(&k.secret, &aad).map_err(token_err)?;
+        signing_keys.push((
+            k.id.clone().into_boxed_str(),
+            hmac::Key::new(hmac::HMAC_SHA256, secret.expose().as_bytes()),
+        ));
+    }
     Ok(IntegrationEntry {
         id: Arc::from(i.id.as_str()),
         org: Arc::from(i.org.as_str()),
         account_sid: i.account_sid.clone().into_boxed_str(),
         active: i.status == IntegrationStatus::Active,
         keys,
+        signing_keys,
     })
 }
 

@@ -192,6 +192,50 @@ fn repeat_orderings(form: &Form<'_>) -> [Vec<(String, String)>; 2] {
     [distinct, form.pairs_as_sent()]
 }
 
+/// What `X-Twilio-Webhooks-Signature-Settings` names (`key=<id>,algorithm=HMAC_SHA256`):
+/// parameters in any order, spaces around them ignored, unknown ones skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureSettings<'a> {
+    pub key: Option<&'a str>,
+    pub algorithm: Option<&'a str>,
+}
+
+impl<'a> SignatureSettings<'a> {
+    /// Parses the header's value.
+    pub fn parse(header: &'a str) -> SignatureSettings<'a> {
+        let mut out = SignatureSettings::default();
+        for part in header.split([',', ';']) {
+            let Some((name, value)) = part.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match name.trim().to_ascii_lowercase().as_str() {
+                "key" => out.key = Some(value),
+                "algorithm" => out.algorithm = Some(value),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether the algorithm is the one SharedKey signing uses (HMAC-SHA256).
+    pub fn is_hmac_sha256(&self) -> bool {
+        self.algorithm.is_some_and(|a| {
+            a.eq_ignore_ascii_case("HMAC_SHA256") || a.eq_ignore_ascii_case("HMAC-SHA256")
+        })
+    }
+}
+
+/// The HMAC-SHA256 key of a Twilio SharedKey.
+pub fn shared_key(secret: &[u8]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret)
+}
+
+/// The `X-Twilio-Signature` Twilio sends when a SharedKey signs (HMAC-SHA256).
+pub fn compute_shared(url: &str, form: &Form<'_>, secret: &[u8]) -> String {
+    B64.encode(tag(&shared_key(secret), url, "", form).as_ref())
+}
+
 /// The HMAC key for an Auth Token.
 pub fn key(token: &[u8]) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, token)
@@ -213,11 +257,10 @@ pub fn verify(
     keys: &[hmac::Key],
     signature: &[u8],
 ) -> Option<usize> {
+    // 20 bytes for HMAC-SHA1 (Auth Tokens), 32 for HMAC-SHA256 (SharedKeys); a tag of
+    // another length never compares equal.
     let mut sig = [0u8; 32];
     let n = B64.decode_slice(signature, &mut sig).ok()?;
-    if n != 20 {
-        return None;
-    }
     for (i, url) in prefixes.iter().enumerate() {
         for k in keys {
             let expected = tag(k, url, suffix, form);
@@ -350,6 +393,39 @@ mod tests {
             );
         }
         assert!(!Form::parse(b"a=1&b=2").unwrap().has_repeated_names());
+    }
+
+    #[test]
+    fn shared_key_signatures_and_the_settings_header() {
+        let form = Form::parse(DOC_BODY).unwrap();
+        let urls = url_variants(DOC_URL).unwrap();
+        let sha256 = compute_shared(DOC_URL, &form, b"shared-secret");
+        // Independent: HMAC-SHA256 of the same string Twilio signs with SHA-1.
+        let k = hmac::Key::new(hmac::HMAC_SHA256, b"shared-secret");
+        let by_hand = B64.encode(hmac::sign(&k, signed_string(DOC_URL, &form).as_bytes()).as_ref());
+        assert_eq!(sha256, by_hand);
+        let shared = [shared_key(b"shared-secret")];
+        assert_eq!(
+            verify(&urls, "", &form, &shared, sha256.as_bytes()),
+            Some(0)
+        );
+        // Each scheme's signature fails under the other's key.
+        assert_eq!(
+            verify(
+                &urls,
+                "",
+                &form,
+                &[key(b"shared-secret")],
+                sha256.as_bytes()
+            ),
+            None
+        );
+        assert_eq!(verify(&urls, "", &form, &shared, DOC_SIG.as_bytes()), None);
+        let s = SignatureSettings::parse(" algorithm = HMAC_SHA256 , key=KS123, extra=1");
+        assert_eq!((s.key, s.is_hmac_sha256()), (Some("KS123"), true));
+        let s = SignatureSettings::parse("key=KS1,algorithm=HMAC_SHA512");
+        assert!(!s.is_hmac_sha256());
+        assert_eq!(SignatureSettings::parse("nonsense").key, None);
     }
 
     #[test]

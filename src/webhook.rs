@@ -273,7 +273,30 @@ impl Webhook {
             .uri
             .path_and_query()
             .map_or(parts.uri.path(), |pq| pq.as_str());
-        let keys = &entry.integration.keys;
+        // A SharedKey (Twilio's Webhooks configuration API) signs when the settings header
+        // names one; else the Auth Tokens with HMAC-SHA1.
+        let keys = match parts.headers.get("x-twilio-webhooks-signature-settings") {
+            None => &entry.integration.keys[..],
+            Some(h) => {
+                let settings =
+                    crate::signature::SignatureSettings::parse(h.to_str().unwrap_or_default());
+                if !settings.is_hmac_sha256() {
+                    return Outcome::Rejected(
+                        StatusCode::FORBIDDEN,
+                        "signature_algorithm_unsupported",
+                    );
+                }
+                let named = entry
+                    .integration
+                    .signing_keys
+                    .iter()
+                    .find(|(id, _)| Some(&**id) == settings.key);
+                let Some((_, key)) = named else {
+                    return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_key_unknown");
+                };
+                std::slice::from_ref(key)
+            }
+        };
         let Some(url_index) =
             crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
         else {

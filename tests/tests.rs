@@ -21,6 +21,7 @@ mod properties;
 mod protocols;
 mod queues;
 mod reload;
+mod shared_key;
 mod twilio_vectors;
 mod vendor;
 mod vendor_client;

@@ -225,6 +225,35 @@ pub struct Integration {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_auth_token: Option<Sealed>,
     pub status: IntegrationStatus,
+    /// Twilio SharedKeys (Webhooks configuration API): at most two, for a rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKey>,
+}
+
+/// One Twilio SharedKey: the id Twilio names in `X-Twilio-Webhooks-Signature-Settings`,
+/// and the secret, sealed under the master key with `signing_key_aad` as associated data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    pub id: String,
+    pub secret: Sealed,
+}
+
+/// Signing keys an integration may hold: the one in use and the next, for a rotation.
+pub const MAX_SIGNING_KEYS: usize = 2;
+
+/// The associated data a signing key's secret is sealed with: bound to its integration
+/// and its id, so a sealed secret cannot be moved to another key.
+pub fn signing_key_aad(integration_id: &str, key_id: &str) -> String {
+    format!("{integration_id}/signing_key/{key_id}")
+}
+
+/// A signing key id: 1-64 of `[A-Za-z0-9_.-]` (it travels in a header and the audit log).
+pub fn is_signing_key_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Whether an integration's webhooks are routed (`active`) or dropped (`inactive`).
@@ -413,6 +442,29 @@ pub fn check_integration(i: &Integration) -> Result<(), StateError> {
     }
     check_text_limits(&i.name, &i.notes)
         .map_err(|m| StateError::Invalid(format!("integration {}: {m}", i.id)))?;
+    check_signing_key_ids(&i.signing_keys)
+        .map_err(|m| StateError::Invalid(format!("integration {}: {m}", i.id)))?;
+    Ok(())
+}
+
+/// At most `MAX_SIGNING_KEYS`, each id well-formed and unique; the message says which.
+pub fn check_signing_key_ids(keys: &[SigningKey]) -> Result<(), String> {
+    if keys.len() > MAX_SIGNING_KEYS {
+        return Err(format!(
+            "at most {MAX_SIGNING_KEYS} signing_keys (the one in use and the next)"
+        ));
+    }
+    for (n, k) in keys.iter().enumerate() {
+        if !is_signing_key_id(&k.id) {
+            return Err(format!(
+                "signing key id {:?} must be 1-64 of [A-Za-z0-9_.-]",
+                k.id
+            ));
+        }
+        if keys[..n].iter().any(|o| o.id == k.id) {
+            return Err(format!("signing key id {:?} appears twice", k.id));
+        }
+    }
     Ok(())
 }
 

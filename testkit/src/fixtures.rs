@@ -89,6 +89,7 @@ pub fn integration(id: &str, org: &str) -> Integration {
         auth_token: sealed_placeholder(),
         next_auth_token: None,
         status: IntegrationStatus::Active,
+        signing_keys: Vec::new(),
     }
 }
 

@@ -22,6 +22,8 @@ struct IntegrationView<'a> {
     account_sid: &'a str,
     status: IntegrationStatus,
     has_next_auth_token: bool,
+    /// The SharedKeys' ids; their secrets are never shown.
+    signing_keys: Vec<Value>,
     number_count: usize,
 }
 
@@ -36,6 +38,7 @@ pub(super) fn integration(info: &IntegrationInfo) -> Value {
         account_sid: &i.account_sid,
         status: i.status,
         has_next_auth_token: i.next_auth_token.is_some(),
+        signing_keys: i.signing_keys.iter().map(|k| json!({"id": k.id})).collect(),
         number_count: info.number_count,
     };
     serde_json::to_value(view).unwrap_or(Value::Null)

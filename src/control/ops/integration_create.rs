@@ -1,7 +1,7 @@
 //! `POST /api/v1/integrations`: a tenant's Twilio (sub-)account, its Auth Token proven with
 //! Twilio first (when vendor checks are on), then sealed and stored.
 
-use super::{Ctx, IntegrationInfo, OpError};
+use super::{Ctx, IntegrationInfo, OpError, SigningKeyInput};
 use crate::control::store::Applied;
 use crate::model::crypto::Secret;
 use crate::model::state::{check_text_limits, is_account_sid, Integration, IntegrationStatus};
@@ -18,6 +18,9 @@ pub(crate) struct CreateIntegration {
     pub(crate) auth_token: String,
     #[serde(default)]
     pub(crate) status: Option<IntegrationStatus>,
+    /// Twilio SharedKeys, at most two.
+    #[serde(default)]
+    pub(crate) signing_keys: Vec<SigningKeyInput>,
 }
 
 /// Checks the request, has Twilio accept the credentials, then adds the integration.
@@ -46,6 +49,8 @@ pub(crate) fn run(
     }
     let id = new_integration_id()?;
     let auth_token = ctx.seal(&req.auth_token, &id)?;
+    let signing_keys = ctx.seal_signing_keys(&req.signing_keys, &id)?;
+    crate::model::state::check_signing_key_ids(&signing_keys).map_err(OpError::Invalid)?;
     let integration = Integration {
         id: id.clone(),
         org: ctx.org.to_string(),
@@ -55,6 +60,7 @@ pub(crate) fn run(
         auth_token,
         next_auth_token: None,
         status: req.status.unwrap_or(IntegrationStatus::Active),
+        signing_keys,
     };
     ctx.store.apply(|s| {
         if s.integration(&id).is_some() {

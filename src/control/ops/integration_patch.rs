@@ -3,7 +3,7 @@
 //! cascade); re-activating makes them active again.
 
 use super::rotation::{promote_next_auth_token, PROMOTE_WITH_TOKENS};
-use super::{find_own, Ctx, IntegrationInfo, OpError};
+use super::{find_own, Ctx, IntegrationInfo, OpError, SigningKeyInput};
 use crate::control::store::Applied;
 use crate::model::crypto::Secret;
 use crate::model::state::{IntegrationStatus, Number, NumberStatus, State};
@@ -26,6 +26,17 @@ pub(crate) struct PatchIntegration {
     /// Makes the rotation candidate the primary token and clears it.
     #[serde(default)]
     pub(crate) promote_next_auth_token: bool,
+    /// SharedKeys to add and key ids to remove (removals first; at most two remain).
+    #[serde(default)]
+    pub(crate) signing_keys: Option<SigningKeysPatch>,
+}
+
+/// `{"add": [{"id", "secret"}], "remove": ["id"]}`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SigningKeysPatch {
+    pub(crate) add: Vec<SigningKeyInput>,
+    pub(crate) remove: Vec<String>,
 }
 
 /// The audit action of a patch that did not parse.
@@ -38,6 +49,9 @@ impl PatchIntegration {
             Some(IntegrationStatus::Inactive) => return "integration.deactivate",
             Some(IntegrationStatus::Active) => return "integration.activate",
             None => {}
+        }
+        if self.signing_keys.is_some() {
+            return "integration.signing_keys";
         }
         if self.promote_next_auth_token {
             "integration.rotate.promote"
@@ -86,6 +100,11 @@ pub(crate) fn run(
     if req.promote_next_auth_token && (auth_token.is_some() || next_auth_token.is_some()) {
         return Err(OpError::Rotation(PROMOTE_WITH_TOKENS));
     }
+    let keys_patch = req.signing_keys.as_ref();
+    let added = match keys_patch {
+        Some(p) => ctx.seal_signing_keys(&p.add, id)?,
+        None => Vec::new(),
+    };
     ctx.store.apply(|s| {
         let i = find_own(s, ctx.org, id)?;
         if req.promote_next_auth_token {
@@ -102,6 +121,19 @@ pub(crate) fn run(
         }
         if let Some(next) = next_auth_token.clone() {
             i.next_auth_token = next;
+        }
+        if let Some(p) = keys_patch {
+            for gone in &p.remove {
+                if !i.signing_keys.iter().any(|k| k.id == *gone) {
+                    return Err(OpError::Invalid(format!(
+                        "no signing key {gone:?} to remove"
+                    )));
+                }
+            }
+            i.signing_keys.retain(|k| !p.remove.contains(&k.id));
+            i.signing_keys.extend(added.iter().cloned());
+            crate::model::state::check_signing_key_ids(&i.signing_keys)
+                .map_err(OpError::Invalid)?;
         }
         if let Some(status) = req.status {
             i.status = status;

@@ -19,7 +19,7 @@ use crate::control::vendor::{ImportVendorError, TwilioClient, VendorError};
 use crate::deadletter::DeadLetterError;
 use crate::model::crypto::{Sealed, Secret};
 use crate::model::regions::Region;
-use crate::model::state::{Integration, State};
+use crate::model::state::{Integration, SigningKey, State};
 use std::future::Future;
 
 /// Why an operation was refused; each variant is one answer of the admin API.
@@ -84,6 +84,39 @@ impl Ctx<'_> {
         self.runtime.block_on(call)
     }
 
+    /// Seals SharedKeys for `integration_id`; an empty secret or a bad id is refused.
+    fn seal_signing_keys(
+        &self,
+        keys: &[SigningKeyInput],
+        integration_id: &str,
+    ) -> Result<Vec<SigningKey>, OpError> {
+        keys.iter()
+            .map(|k| {
+                if !crate::model::state::is_signing_key_id(&k.id) {
+                    return Err(OpError::Invalid(format!(
+                        "signing key id {:?} must be 1-64 of [A-Za-z0-9_.-]",
+                        k.id
+                    )));
+                }
+                if k.secret.trim().is_empty() {
+                    return Err(OpError::Invalid(
+                        "a signing key's secret must not be empty".into(),
+                    ));
+                }
+                let aad = crate::model::state::signing_key_aad(integration_id, &k.id);
+                let secret = self
+                    .store
+                    .master_key()
+                    .seal(&Secret::new(&k.secret), &aad)
+                    .map_err(|_| OpError::Internal("the signing key could not be sealed"))?;
+                Ok(SigningKey {
+                    id: k.id.clone(),
+                    secret,
+                })
+            })
+            .collect()
+    }
+
     /// Seals an Auth Token under the integration id; an empty token is refused.
     fn seal(&self, token: &str, integration_id: &str) -> Result<Sealed, OpError> {
         if token.trim().is_empty() {
@@ -120,6 +153,14 @@ impl IntegrationInfo {
             integration,
         })
     }
+}
+
+/// A SharedKey as an admin gives it: the id Twilio names, and the secret (write-only).
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SigningKeyInput {
+    pub(crate) id: String,
+    pub(crate) secret: String,
 }
 
 /// This org's integration `id`; another org's is not found, exactly like a missing one.

@@ -1,0 +1,192 @@
+//! SharedKey signatures (SPEC 2 and 4; Twilio's Webhooks configuration API): an
+//! integration's `signing_keys`, the settings header naming one, HMAC-SHA256 over the same
+//! string, each refusal its own reason, and the secrets never shown or stored in clear.
+
+use crate::support::*;
+use serde_json::json;
+use sms_ingress::form::Form;
+use sms_ingress::signature::compute_shared;
+
+const TOKEN: &str = "twilio-auth-token-sk";
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const OURS: &str = "+14155550100";
+const SECRET_1: &str = "shared-secret-one-0123456789";
+const SECRET_2: &str = "shared-secret-two-0123456789";
+const SETTINGS: &str = "X-Twilio-Webhooks-Signature-Settings";
+
+fn body(sid: &str) -> String {
+    inbound_body(
+        OURS,
+        "+14155559999",
+        ACCOUNT,
+        sid,
+        "signed with a shared key",
+    )
+}
+
+/// Posts `body` signed with `secret` (HMAC-SHA256) and the settings header `settings`.
+fn post_shared(s: &TestServer, body: &str, secret: &str, settings: Option<&str>) -> Response {
+    let path = TestServer::webhook_path("mo");
+    let form = Form::parse(body.as_bytes()).unwrap();
+    let sig = compute_shared(&format!("{PUBLIC_URL}{path}"), &form, secret.as_bytes());
+    let mut headers = vec![("X-Twilio-Signature", sig.as_str())];
+    if let Some(v) = settings {
+        headers.push((SETTINGS, v));
+    }
+    s.post(&path, body, &headers)
+}
+
+fn patch(s: &TestServer, id: &str, body: serde_json::Value) -> Response {
+    s.admin(
+        "PATCH",
+        &format!("/api/v1/integrations/{id}"),
+        ADMIN_TOKEN,
+        Some(&body),
+    )
+}
+
+#[test]
+fn shared_key_signatures_verify_rotate_and_refuse_each_with_its_reason() {
+    let mut s = TestServer::start(Options::default());
+    let r = s.admin(
+        "POST",
+        "/api/v1/integrations",
+        ADMIN_TOKEN,
+        Some(
+            &json!({"name": "sk", "account_sid": ACCOUNT, "auth_token": TOKEN,
+                     "signing_keys": [{"id": "KS1", "secret": SECRET_1}]}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["signing_keys"], json!([{"id": "KS1"}]));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let n = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support", "integration_id": id});
+    assert_eq!(
+        s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&n))
+            .status,
+        201
+    );
+
+    // Accepted and stored, with parameters in any order and spaces around them.
+    let r = post_shared(
+        &s,
+        &body("SMsk1"),
+        SECRET_1,
+        Some(" algorithm=HMAC_SHA256 , key=KS1"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.spool_tail("org-a/support").len(), 1);
+
+    // Rotation: a second key; both verify; a third is refused.
+    let r = patch(
+        &s,
+        &id,
+        json!({"signing_keys": {"add": [{"id": "KS2", "secret": SECRET_2}]}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["signing_keys"],
+        json!([{"id": "KS1"}, {"id": "KS2"}])
+    );
+    let both = [
+        ("SMsk2", SECRET_1, "key=KS1,algorithm=HMAC_SHA256"),
+        ("SMsk3", SECRET_2, "key=KS2,algorithm=HMAC_SHA256"),
+    ];
+    for (sid, secret, settings) in both {
+        assert_eq!(
+            post_shared(&s, &body(sid), secret, Some(settings)).status,
+            200,
+            "{sid}"
+        );
+    }
+    let r = patch(
+        &s,
+        &id,
+        json!({"signing_keys": {"add": [{"id": "KS3", "secret": "x"}]}}),
+    );
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("at most 2"), "{}", r.text());
+    let r = patch(&s, &id, json!({"signing_keys": {"remove": ["KS1"]}}));
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let refusals = [
+        // The removed key: unknown.
+        (
+            post_shared(
+                &s,
+                &body("SMsk4"),
+                SECRET_1,
+                Some("key=KS1,algorithm=HMAC_SHA256"),
+            ),
+            "signature_key_unknown",
+        ),
+        (
+            post_shared(
+                &s,
+                &body("SMsk5"),
+                SECRET_2,
+                Some("key=KS2,algorithm=HMAC_SHA512"),
+            ),
+            "signature_algorithm_unsupported",
+        ),
+        // A SHA-256 signature without the header: checked as an Auth Token's SHA-1.
+        (
+            post_shared(&s, &body("SMsk6"), SECRET_2, None),
+            "signature_invalid",
+        ),
+    ];
+    for (r, reason) in refusals {
+        assert_eq!((r.status, r.text()), (403, reason.to_string()));
+    }
+    // A SHA-1 Auth Token signature with the header: checked as the named key's SHA-256.
+    let path = TestServer::webhook_path("mo");
+    let sha1 = sign(&path, &body("SMsk7"), TOKEN);
+    let r = s.post(
+        &path,
+        &body("SMsk7"),
+        &[
+            ("X-Twilio-Signature", sha1.as_str()),
+            (SETTINGS, "key=KS2,algorithm=HMAC_SHA256"),
+        ],
+    );
+    assert_eq!((r.status, r.text()), (403, "signature_invalid".to_string()));
+    // Without the header the Auth Token still signs.
+    assert_eq!(s.post_signed("mo", &body("SMsk8"), TOKEN).status, 200);
+    assert_eq!(s.spool_tail("org-a/support").len(), 4);
+
+    // The secrets are nowhere: API answers, the state file, the audit log, the logs.
+    let listed = s
+        .admin("GET", "/api/v1/integrations", ADMIN_TOKEN, None)
+        .text();
+    let state = std::fs::read_to_string(s.dir.join("state.json")).unwrap();
+    let audit = std::fs::read_to_string(s.dir.join("audit.log")).unwrap();
+    assert!(state.contains("\"signing_keys\"") && state.contains("KS2"));
+    let logs = s.logs().join("\n");
+    for secret in [SECRET_1, SECRET_2] {
+        for (what, text) in [
+            ("API", &listed),
+            ("state file", &state),
+            ("audit log", &audit),
+            ("logs", &logs),
+        ] {
+            assert!(!text.contains(secret), "a signing secret in the {what}");
+        }
+    }
+    // And they survive a restart (sealed in the state file).
+    let s = s.restart();
+    assert_eq!(
+        post_shared(
+            &s,
+            &body("SMsk9"),
+            SECRET_2,
+            Some("key=KS2,algorithm=HMAC_SHA256")
+        )
+        .status,
+        200
+    );
+}
