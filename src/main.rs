@@ -194,16 +194,49 @@ enum SignatureCommand {
         url: String,
         #[command(flatten)]
         token: TokenArg,
+        #[command(flatten)]
+        scheme: SchemeArg,
     },
-    /// Exit 0 if the signature matches the form body on stdin, 1 if not; prints the signed string.
+    /// Exit 0 if the signature matches the form body on stdin, 1 if not; prints the signed
+    /// string and the URL form that matched.
     Verify {
         #[arg(long)]
         url: String,
         #[command(flatten)]
         token: TokenArg,
+        #[command(flatten)]
+        scheme: SchemeArg,
         #[arg(long)]
         signature: String,
     },
+}
+
+/// Which key signs: an Auth Token (HMAC-SHA1), or a SharedKey of Twilio's Webhooks
+/// configuration API (HMAC-SHA256, what `X-Twilio-Webhooks-Signature-Settings` names).
+#[derive(clap::Args)]
+struct SchemeArg {
+    /// The secret given (--token, --token-file or SMS_INGRESS_TWILIO_TOKEN) is a SharedKey:
+    /// the same as --algorithm HMAC_SHA256.
+    #[arg(long)]
+    shared_key: bool,
+    /// HMAC_SHA1 (Auth Token, the default) or HMAC_SHA256 (SharedKey).
+    #[arg(long, default_value = "HMAC_SHA1")]
+    algorithm: String,
+}
+
+impl SchemeArg {
+    /// The HMAC key of `secret` under the chosen algorithm.
+    fn key(&self, secret: &[u8]) -> anyhow::Result<ring::hmac::Key> {
+        let sha256 = self.shared_key || self.algorithm.eq_ignore_ascii_case("HMAC_SHA256");
+        if !sha256 && !self.algorithm.eq_ignore_ascii_case("HMAC_SHA1") {
+            anyhow::bail!("--algorithm must be HMAC_SHA1 or HMAC_SHA256");
+        }
+        Ok(if sha256 {
+            signature::shared_key(secret)
+        } else {
+            signature::key(secret)
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -431,34 +464,37 @@ fn signature_tool(command: SignatureCommand) -> anyhow::Result<ExitCode> {
     let trimmed = body.strip_suffix(b"\n").unwrap_or(&body);
     let form = Form::parse(trimmed).context("stdin is not a form-encoded body")?;
     match command {
-        SignatureCommand::Compute { url, token } => {
-            let token = token.token()?;
-            println!("{}", signature::compute(&url, &form, token.as_bytes()));
+        SignatureCommand::Compute { url, token, scheme } => {
+            let key = scheme.key(token.token()?.as_bytes())?;
+            println!("{}", signature::sign_with(&key, &url, &form));
             Ok(ExitCode::SUCCESS)
         }
         SignatureCommand::Verify {
             url,
             token,
+            scheme,
             signature: sig,
         } => {
-            let token = token.token()?;
+            let key = scheme.key(token.token()?.as_bytes())?;
             let urls = signature::url_variants(&url).context("--url")?;
-            let keys = [signature::key(token.as_bytes())];
+            let keys = [key];
             let matched = signature::verify(&urls, "", &form, &keys, sig.as_bytes());
             println!("signed string: {}", signature::signed_string(&url, &form));
             match matched {
                 Some(i) => {
-                    println!("valid (over {})", urls[i]);
+                    println!(
+                        "valid (candidate {} of {}: over {})",
+                        i + 1,
+                        urls.len(),
+                        urls[i]
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    println!(
-                        "invalid: expected {} (or, with the default port toggled, {})",
-                        signature::compute(&urls[0], &form, token.as_bytes()),
-                        urls.get(1)
-                            .map(|u| signature::compute(u, &form, token.as_bytes()))
-                            .unwrap_or_else(|| "-".into())
-                    );
+                    println!("invalid; tried {} URL forms, expected:", urls.len());
+                    for u in &urls {
+                        println!("  {}  over {u}", signature::sign_with(&keys[0], u, &form));
+                    }
                     Ok(ExitCode::from(1))
                 }
             }

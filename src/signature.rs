@@ -231,6 +231,11 @@ pub fn shared_key(secret: &[u8]) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, secret)
 }
 
+/// The `X-Twilio-Signature` value for `key` (of either algorithm) over this URL and form.
+pub fn sign_with(key: &hmac::Key, url: &str, form: &Form<'_>) -> String {
+    B64.encode(tag(key, url, "", form).as_ref())
+}
+
 /// The `X-Twilio-Signature` Twilio sends when a SharedKey signs (HMAC-SHA256).
 pub fn compute_shared(url: &str, form: &Form<'_>, secret: &[u8]) -> String {
     B64.encode(tag(&shared_key(secret), url, "", form).as_ref())
