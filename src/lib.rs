@@ -28,6 +28,7 @@ pub mod form;
 pub mod inventory;
 pub(crate) mod listener;
 pub(crate) mod policy;
+pub(crate) mod rejections;
 pub mod signature;
 pub mod sink;
 pub(crate) mod webhook;

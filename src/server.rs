@@ -292,7 +292,8 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let admin_api = Arc::new(
         AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?
             .with_vendor(vendor)
-            .with_queue_limit(cfg.queues.max_per_org),
+            .with_queue_limit(cfg.queues.max_per_org)
+            .with_rejections(webhook.rejections()),
     );
     let admin_listener = bind_admin_socket(&cfg.control.admin_socket)?;
 

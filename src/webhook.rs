@@ -130,6 +130,8 @@ pub(crate) struct Webhook {
     dead_letters: Arc<DeadLetters>,
     loaded: AtomicBool,
     metrics: RequestMetrics,
+    /// The last signature rejections per integration, for the admin API.
+    rejections: Arc<crate::rejections::Rejections>,
 }
 
 impl Webhook {
@@ -159,7 +161,13 @@ impl Webhook {
             dead_letters,
             loaded: AtomicBool::new(false),
             metrics: RequestMetrics::new(),
+            rejections: Arc::default(),
         }
+    }
+
+    /// The signature rejections this webhook keeps, shown by the admin API.
+    pub(crate) fn rejections(&self) -> Arc<crate::rejections::Rejections> {
+        self.rejections.clone()
     }
 
     /// The `Retry-After` value of every 503.
@@ -266,45 +274,75 @@ impl Webhook {
         let Some(entry) = self.inventory.load().lookup(number) else {
             return Outcome::Dropped("unknown_number");
         };
-        let Some(signature) = parts.headers.get("x-twilio-signature") else {
-            return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_missing");
-        };
         let suffix = parts
             .uri
             .path_and_query()
             .map_or(parts.uri.path(), |pq| pq.as_str());
+        let settings = parts
+            .headers
+            .get("x-twilio-webhooks-signature-settings")
+            .map(|h| crate::signature::SignatureSettings::parse(h.to_str().unwrap_or_default()));
+        let account_sid = form.get("AccountSid").unwrap_or_default();
+        let account_matched = account_sid == &*entry.integration.account_sid;
+        let refuse = |reason: &'static str, keys_tried: Vec<String>| {
+            self.rejections.record(
+                &entry.integration.id,
+                crate::rejections::Rejection {
+                    at: humantime::format_rfc3339_millis(received_at).to_string(),
+                    number: number.to_owned(),
+                    reason,
+                    url: format!(
+                        "{}{suffix}",
+                        self.url_bases.first().map_or("", String::as_str)
+                    ),
+                    urls_tried: self
+                        .url_bases
+                        .iter()
+                        .map(|b| format!("{b}{suffix}"))
+                        .collect(),
+                    keys_tried,
+                    key_named: settings.and_then(|s| s.key).map(str::to_owned),
+                    algorithm_named: settings.and_then(|s| s.algorithm).map(str::to_owned),
+                    account_sid_matched: account_matched,
+                },
+            );
+            Outcome::Rejected(StatusCode::FORBIDDEN, reason)
+        };
+        let token_names = || {
+            ["auth_token", "next_auth_token"][..entry.integration.keys.len().min(2)]
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        let Some(signature) = parts.headers.get("x-twilio-signature") else {
+            return refuse("signature_missing", Vec::new());
+        };
         // A SharedKey (Twilio's Webhooks configuration API) signs when the settings header
         // names one; else the Auth Tokens with HMAC-SHA1.
-        let keys = match parts.headers.get("x-twilio-webhooks-signature-settings") {
-            None => &entry.integration.keys[..],
-            Some(h) => {
-                let settings =
-                    crate::signature::SignatureSettings::parse(h.to_str().unwrap_or_default());
+        let (keys, keys_tried) = match settings {
+            None => (&entry.integration.keys[..], token_names()),
+            Some(settings) => {
                 if !settings.is_hmac_sha256() {
-                    return Outcome::Rejected(
-                        StatusCode::FORBIDDEN,
-                        "signature_algorithm_unsupported",
-                    );
+                    return refuse("signature_algorithm_unsupported", Vec::new());
                 }
                 let named = entry
                     .integration
                     .signing_keys
                     .iter()
                     .find(|(id, _)| Some(&**id) == settings.key);
-                let Some((_, key)) = named else {
-                    return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_key_unknown");
+                let Some((id, key)) = named else {
+                    return refuse("signature_key_unknown", Vec::new());
                 };
-                std::slice::from_ref(key)
+                (std::slice::from_ref(key), vec![id.to_string()])
             }
         };
         let Some(url_index) =
             crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
         else {
-            return Outcome::Rejected(StatusCode::FORBIDDEN, "signature_invalid");
+            return refuse("signature_invalid", keys_tried);
         };
-        let account_sid = form.get("AccountSid").unwrap_or_default();
-        if account_sid != &*entry.integration.account_sid {
-            return Outcome::Rejected(StatusCode::FORBIDDEN, "account_mismatch");
+        if !account_matched {
+            return refuse("account_mismatch", keys_tried);
         }
         let message_status = match kind {
             Kind::Status => form.get("MessageStatus").map(str::to_owned),

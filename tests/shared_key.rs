@@ -264,3 +264,94 @@ fn the_signature_tool_computes_and_verifies_shared_key_signatures() {
     ]);
     assert_ne!(code, Some(0));
 }
+
+#[test]
+fn signature_failures_show_what_was_verified_bounded_and_to_the_own_org_only() {
+    let s = TestServer::start(Options::default());
+    let r = s.admin(
+        "POST",
+        "/api/v1/integrations",
+        ADMIN_TOKEN,
+        Some(
+            &json!({"name": "sk", "account_sid": ACCOUNT, "auth_token": TOKEN,
+                     "signing_keys": [{"id": "KS1", "secret": SECRET_1}]}),
+        ),
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let n = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support", "integration_id": id});
+    assert_eq!(
+        s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&n))
+            .status,
+        201
+    );
+    let path = TestServer::webhook_path("mo");
+    let failures = || {
+        let r = s.admin(
+            "GET",
+            &format!("/api/v1/integrations/{id}/signature-failures"),
+            ADMIN_TOKEN,
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json().as_array().unwrap().clone()
+    };
+    assert!(failures().is_empty());
+    // A forged Auth Token signature, then a SharedKey request naming an unknown key.
+    let forged = sign(&path, &body("SMf1"), "not-the-token");
+    assert_eq!(
+        s.post(
+            &path,
+            &body("SMf1"),
+            &[("X-Twilio-Signature", forged.as_str())]
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        post_shared(
+            &s,
+            &body("SMf2"),
+            SECRET_1,
+            Some("key=KS9,algorithm=HMAC_SHA256")
+        )
+        .status,
+        403
+    );
+    let list = failures();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["reason"], "signature_key_unknown");
+    assert_eq!(list[0]["key_named"], "KS9");
+    assert_eq!(list[0]["algorithm_named"], "HMAC_SHA256");
+    assert_eq!(list[1]["reason"], "signature_invalid");
+    assert_eq!(list[1]["number"], OURS);
+    assert_eq!(list[1]["keys_tried"], json!(["auth_token"]));
+    assert_eq!(list[1]["url"], format!("{PUBLIC_URL}{path}"));
+    assert_eq!(
+        list[1]["urls_tried"],
+        json!([
+            format!("{PUBLIC_URL}{path}"),
+            format!("{PUBLIC_URL}:443{path}")
+        ])
+    );
+    assert_eq!(list[1]["account_sid_matched"], true);
+    let text = serde_json::to_string(&list).unwrap();
+    for secret in [TOKEN, SECRET_1, "signed with a shared key", forged.as_str()] {
+        assert!(!text.contains(secret), "{secret} in the diagnostics");
+    }
+    // Bounded, newest first; another org sees a 404.
+    for i in 0..25 {
+        let b = body(&format!("SMf{}", 10 + i));
+        assert_eq!(
+            s.post(&path, &b, &[("X-Twilio-Signature", "AAAA")]).status,
+            403
+        );
+    }
+    assert_eq!(failures().len(), 20);
+    let other = s.admin(
+        "GET",
+        &format!("/api/v1/integrations/{id}/signature-failures"),
+        OTHER_ORG_TOKEN,
+        None,
+    );
+    assert_eq!(other.status, 404, "{}", other.text());
+}

@@ -45,6 +45,8 @@ pub struct AdminApi {
     dead_letters: Arc<DeadLetters>,
     /// `queues.max_per_org`.
     max_queues_per_org: usize,
+    /// The webhook's recent signature rejections.
+    rejections: Arc<crate::rejections::Rejections>,
 }
 
 /// What a successful request answers: a status and, unless 204, a JSON body.
@@ -83,12 +85,19 @@ impl AdminApi {
             vendor: None,
             dead_letters,
             max_queues_per_org: crate::config::QueuesConfig::default().max_per_org,
+            rejections: Arc::default(),
         })
     }
 
     /// Turns the Twilio REST checks on (`Some`) or off (`None`, `control.vendor_checks = false`).
     pub(crate) fn with_vendor(mut self, vendor: Option<Arc<TwilioClient>>) -> Self {
         self.vendor = vendor;
+        self
+    }
+
+    /// Shows the webhook's signature rejections (`GET …/signature-failures`).
+    pub(crate) fn with_rejections(mut self, r: Arc<crate::rejections::Rejections>) -> Self {
+        self.rejections = r;
         self
     }
 
@@ -157,6 +166,7 @@ impl AdminApi {
         let region = self.region;
         let vendor = self.vendor.clone();
         let dead_letters = Arc::clone(&self.dead_letters);
+        let rejections = Arc::clone(&self.rejections);
         let runtime = tokio::runtime::Handle::current();
         let max_queues_per_org = self.max_queues_per_org;
         // Writes fsync the state file and vendor checks wait on Twilio: keep both off the
@@ -174,6 +184,7 @@ impl AdminApi {
                 ctx: &ctx,
                 who: &who,
                 dead_letters: &dead_letters,
+                rejections: &rejections,
             }
             .run(route, query.as_deref(), &body)
         })
@@ -245,6 +256,8 @@ struct Caller<'a> {
     who: &'a Principal,
     /// A deleted integration's dead letters are deleted with it.
     dead_letters: &'a DeadLetters,
+    /// And its signature rejections.
+    rejections: &'a crate::rejections::Rejections,
 }
 
 impl Caller<'_> {
@@ -260,6 +273,12 @@ impl Caller<'_> {
             Route::GetIntegration(id) => {
                 let info = ops::reads::get_integration(ctx, &id)?;
                 Ok(ok(views::integration(&info)))
+            }
+            Route::SignatureFailures(id) => {
+                // Another org's integration is 404, like a missing one.
+                ops::reads::get_integration(ctx, &id)?;
+                let list = self.rejections.of(&id);
+                Ok(ok(serde_json::to_value(list).unwrap_or(Value::Null)))
             }
             Route::ListNumbers => {
                 let filter = route::query_param(query, "integration_id")?;
@@ -292,6 +311,7 @@ impl Caller<'_> {
                 let a = ops::integration_delete::run(ctx, &id)?;
                 // Its dead letters go with it: nothing can replay them any more.
                 self.dead_letters.forget(&id);
+                self.rejections.forget(&id);
                 Ok(Changed::new(StatusCode::NO_CONTENT, None, a.version, &id))
             }),
             Route::ImportNumber => {

@@ -14,6 +14,7 @@ pub(super) enum Route {
     GetIntegration(String),
     PatchIntegration(String),
     DeleteIntegration(String),
+    SignatureFailures(String),
     ImportNumber,
     BulkImport,
     ListNumbers,
@@ -27,7 +28,9 @@ impl Route {
     pub(crate) fn permission(&self) -> Option<Permission> {
         Some(match self {
             Route::CreateIntegration => Permission::IntegrationAdd,
-            Route::ListIntegrations | Route::GetIntegration(_) => Permission::IntegrationView,
+            Route::ListIntegrations | Route::GetIntegration(_) | Route::SignatureFailures(_) => {
+                Permission::IntegrationView
+            }
             Route::PatchIntegration(_) | Route::ReplayDeadLetters => Permission::IntegrationEdit,
             Route::DeleteIntegration(_) => Permission::IntegrationDelete,
             Route::ImportNumber
@@ -72,6 +75,10 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
             Method::PATCH => return Ok(Route::PatchIntegration(decode(id)?)),
             Method::DELETE => return Ok(Route::DeleteIntegration(decode(id)?)),
             _ => &[Method::GET, Method::PATCH, Method::DELETE],
+        },
+        ["integrations", id, "signature-failures"] if !id.is_empty() => match *method {
+            Method::GET => return Ok(Route::SignatureFailures(decode(id)?)),
+            _ => &[Method::GET],
         },
         ["numbers"] => match *method {
             Method::POST => return Ok(Route::ImportNumber),
