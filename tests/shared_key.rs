@@ -45,9 +45,8 @@ fn patch(s: &TestServer, id: &str, body: serde_json::Value) -> Response {
     )
 }
 
-#[test]
-fn shared_key_signatures_verify_rotate_and_refuse_each_with_its_reason() {
-    let mut s = TestServer::start(Options::default());
+/// An integration with the SharedKey `KS1` and our number on `support`; its id.
+fn integration_with_key(s: &TestServer) -> String {
     let r = s.admin(
         "POST",
         "/api/v1/integrations",
@@ -61,11 +60,15 @@ fn shared_key_signatures_verify_rotate_and_refuse_each_with_its_reason() {
     assert_eq!(r.json()["signing_keys"], json!([{"id": "KS1"}]));
     let id = r.json()["id"].as_str().unwrap().to_string();
     let n = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support", "integration_id": id});
-    assert_eq!(
-        s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&n))
-            .status,
-        201
-    );
+    let r = s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&n));
+    assert_eq!(r.status, 201, "{}", r.text());
+    id
+}
+
+#[test]
+fn shared_key_signatures_verify_rotate_and_refuse_each_with_its_reason() {
+    let mut s = TestServer::start(Options::default());
+    let id = integration_with_key(&s);
 
     // Accepted and stored, with parameters in any order and spaces around them.
     let r = post_shared(
@@ -268,22 +271,7 @@ fn the_signature_tool_computes_and_verifies_shared_key_signatures() {
 #[test]
 fn signature_failures_show_what_was_verified_bounded_and_to_the_own_org_only() {
     let s = TestServer::start(Options::default());
-    let r = s.admin(
-        "POST",
-        "/api/v1/integrations",
-        ADMIN_TOKEN,
-        Some(
-            &json!({"name": "sk", "account_sid": ACCOUNT, "auth_token": TOKEN,
-                     "signing_keys": [{"id": "KS1", "secret": SECRET_1}]}),
-        ),
-    );
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    let n = json!({"sender_id": OURS, "type": "local", "country": "US", "queue": "support", "integration_id": id});
-    assert_eq!(
-        s.admin("POST", "/api/v1/numbers", ADMIN_TOKEN, Some(&n))
-            .status,
-        201
-    );
+    let id = integration_with_key(&s);
     let path = TestServer::webhook_path("mo");
     let failures = || {
         let r = s.admin(
