@@ -173,10 +173,10 @@ impl Dispatcher {
         let worker = Worker {
             queue: name.to_string(),
             rx,
-            sink: Some(sink),
+            sink,
             healthy,
             max_batch: self.max_batch,
-            _exited: exited,
+            exited,
         };
         self.spawner
             .spawn(
@@ -242,12 +242,11 @@ impl Dispatcher {
 struct Worker {
     queue: String,
     rx: Receiver<Job>,
-    /// Taken (closed) when the worker ends, before `_exited` says so.
-    sink: Option<Box<dyn QueueSink>>,
+    sink: Box<dyn QueueSink>,
     healthy: Arc<AtomicBool>,
     max_batch: usize,
-    /// Dropped last: tells a reopening of the queue that this worker is gone.
-    _exited: mpsc::Sender<()>,
+    /// Dropped after the sink: tells a reopening of the queue that this worker is gone.
+    exited: mpsc::Sender<()>,
 }
 
 impl Worker {
@@ -265,9 +264,16 @@ impl Worker {
             self.flush(&mut batch);
         }
         // Released: close the sink, then the queue's metric series, then say so.
-        drop(self.sink.take());
-        crate::telemetry::forget_queue(&self.queue);
-        tracing::debug!(queue = %self.queue, "queue worker ended");
+        let Worker {
+            queue,
+            sink,
+            exited,
+            ..
+        } = self;
+        drop(sink);
+        crate::telemetry::forget_queue(&queue);
+        tracing::debug!(queue = %queue, "queue worker ended");
+        drop(exited);
     }
 
     /// The next job; while unhealthy, probes the sink every second so health recovers without traffic.
@@ -280,7 +286,7 @@ impl Worker {
                 Ok(job) => return Some(job),
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    if self.sink.as_mut().is_some_and(|s| s.check().is_ok()) {
+                    if self.sink.check().is_ok() {
                         self.healthy.store(true, Ordering::Relaxed);
                         tracing::info!(queue = %self.queue, "sink healthy again");
                     }
@@ -291,10 +297,7 @@ impl Worker {
 
     fn flush(&mut self, batch: &mut Vec<Job>) {
         let envelopes: Vec<&Envelope> = batch.iter().map(|j| &*j.envelope).collect();
-        let result = match self.sink.as_mut() {
-            Some(sink) => sink.write_batch(&envelopes),
-            None => Err(SinkError::Unavailable("the queue is closed".into())),
-        };
+        let result = self.sink.write_batch(&envelopes);
         let ok = result.is_ok();
         if let Err(e) = &result {
             tracing::error!(queue = %self.queue, batch = batch.len(), error = %e, "sink batch failed; answering 503");

@@ -139,8 +139,7 @@ pub fn url_variants(url: &str) -> Result<Vec<String>, UrlError> {
 /// For a JSON body (not used by messaging webhooks): whether the URL's `bodySHA256` query
 /// parameter is the hex SHA-256 of the body; the signature then covers the URL alone.
 pub fn body_sha256_matches(url: &str, body: &[u8]) -> bool {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = hex::encode(ring::digest::digest(&ring::digest::SHA256, body));
     url.split_once('?')
         .map(|(_, q)| {
             q.split('&')

@@ -14,7 +14,7 @@ use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE,
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -75,54 +75,14 @@ pub(crate) enum Outcome {
     Unavailable(&'static str),
 }
 
-/// The webhook body bytes all requests hold at once (`limits.max_inflight_body_bytes`):
-/// a body is taken from it before it is read, and given back when the request ends.
-pub(crate) struct BodyBudget {
-    used: AtomicUsize,
-    max: usize,
-}
-
-/// Bytes taken from the budget, given back on drop.
-struct BodyPermit<'a> {
-    budget: &'a BodyBudget,
-    bytes: usize,
-}
-
-impl BodyBudget {
-    /// A budget of `max` bytes.
-    pub(crate) fn new(max: usize) -> BodyBudget {
-        BodyBudget {
-            used: AtomicUsize::new(0),
-            max,
-        }
-    }
-
-    /// Takes `bytes`, unless that would pass the budget.
-    fn take(&self, bytes: usize) -> Option<BodyPermit<'_>> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|&after| after <= self.max)
-            })
-            .ok()?;
-        Some(BodyPermit {
-            budget: self,
-            bytes,
-        })
-    }
-}
-
-impl Drop for BodyPermit<'_> {
-    fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
 /// Everything the service needs, shared by all connections.
 pub(crate) struct Webhook {
     region_key: &'static str,
     url_bases: Vec<String>,
     max_body_bytes: usize,
-    body_budget: BodyBudget,
+    /// `limits.max_inflight_body_bytes`, one permit a byte: a body takes its bytes before
+    /// it is read and gives them back when the request ends.
+    body_budget: tokio::sync::Semaphore,
     retry_after: HeaderValue,
     inventory: Arc<Inventory>,
     dispatcher: Arc<Dispatcher>,
@@ -153,7 +113,9 @@ impl Webhook {
             region_key,
             url_bases,
             max_body_bytes,
-            body_budget: BodyBudget::new(max_inflight_body_bytes),
+            body_budget: tokio::sync::Semaphore::new(
+                max_inflight_body_bytes.min(tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             retry_after: HeaderValue::from(retry_after_secs),
             inventory,
             dispatcher,
@@ -244,7 +206,8 @@ impl Webhook {
         }
         // A chunked body may grow to the limit: budget that much.
         let budgeted = length.map_or(self.max_body_bytes, |n| n as usize);
-        let Some(_permit) = self.body_budget.take(budgeted) else {
+        let permits = u32::try_from(budgeted).unwrap_or(u32::MAX);
+        let Ok(_permit) = self.body_budget.try_acquire_many(permits) else {
             return Outcome::Unavailable("inflight_body_budget");
         };
         let (parts, body) = req.into_parts();

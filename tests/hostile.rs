@@ -1,6 +1,7 @@
 //! The hostile-tenant suite (issue: one tenant can't hurt another or the process), on the
 //! real binary: each finding reproduced as a tenant admin or a client would, then held.
 
+use crate::delivery::eventually;
 use crate::support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -61,18 +62,9 @@ fn delete(s: &TestServer, number: &str) {
 
 /// Waits (bounded) until `sms_ingress_queues_open` is `n`.
 fn wait_open_queues(s: &TestServer, n: f64, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let open = s.metric("sms_ingress_queues_open");
-        if open == n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queues_open stayed {open}, expected {n}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(&format!("{n} open queues"), limit, || {
+        s.metric("sms_ingress_queues_open") == n
+    });
 }
 
 #[test]
@@ -252,19 +244,10 @@ fn an_fd_flood_under_a_low_limit_neither_spins_nor_stops_the_service() {
     );
     drop(held_open);
     // And once they are gone, webhooks are served again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, "SMafterflood", "hi");
-        let status = s.post_signed("mo", &body, TOKEN_A).status;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "webhooks not served again: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let body = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, "SMafterflood", "hi");
+    eventually("webhooks served again", Duration::from_secs(10), || {
+        s.post_signed("mo", &body, TOKEN_A).status == 200
+    });
 }
 
 #[test]
@@ -319,11 +302,9 @@ fn bodies_in_flight_share_one_budget_and_past_it_the_answer_is_503_unread() {
     );
     // The budget comes back with the connections.
     drop(slow);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.post_signed("mo", &body, TOKEN_A).status != 200 {
-        assert!(Instant::now() < deadline, "the budget never came back");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the budget to come back", Duration::from_secs(10), || {
+        s.post_signed("mo", &body, TOKEN_A).status == 200
+    });
 }
 
 /// The permission bits of `path`.
@@ -453,14 +434,11 @@ fn a_master_key_others_can_read_is_refused_and_the_env_key_leaves_the_environmen
         .spawn()
         .unwrap();
     let socket = dir.join("admin.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "server with the env key did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        "the server with the env key to start",
+        Duration::from_secs(20),
+        || socket.exists(),
+    );
     let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();

@@ -273,13 +273,12 @@ fn signature_failures_show_what_was_verified_bounded_and_to_the_own_org_only() {
     let s = TestServer::start(Options::default());
     let id = integration_with_key(&s);
     let path = TestServer::webhook_path("mo");
+    let failures_for = |token: &str| {
+        let path = format!("/api/v1/integrations/{id}/signature-failures");
+        s.admin("GET", &path, token, None)
+    };
     let failures = || {
-        let r = s.admin(
-            "GET",
-            &format!("/api/v1/integrations/{id}/signature-failures"),
-            ADMIN_TOKEN,
-            None,
-        );
+        let r = failures_for(ADMIN_TOKEN);
         assert_eq!(r.status, 200, "{}", r.text());
         r.json().as_array().unwrap().clone()
     };
@@ -335,11 +334,6 @@ fn signature_failures_show_what_was_verified_bounded_and_to_the_own_org_only() {
         );
     }
     assert_eq!(failures().len(), 20);
-    let other = s.admin(
-        "GET",
-        &format!("/api/v1/integrations/{id}/signature-failures"),
-        OTHER_ORG_TOKEN,
-        None,
-    );
+    let other = failures_for(OTHER_ORG_TOKEN);
     assert_eq!(other.status, 404, "{}", other.text());
 }
