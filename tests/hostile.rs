@@ -243,10 +243,12 @@ fn an_fd_flood_under_a_low_limit_neither_spins_nor_stops_the_service() {
         "rejected {rejected}"
     );
     drop(held_open);
-    // And once they are gone, webhooks are served again.
+    // And once they are gone, webhooks are served again (until the server has seen the
+    // held connections close, a new one may still be closed at accept without a word).
     let body = inbound_body("+14155550100", CUSTOMER, ACCOUNT_A, "SMafterflood", "hi");
     eventually("webhooks served again", Duration::from_secs(10), || {
-        s.post_signed("mo", &body, TOKEN_A).status == 200
+        s.try_post_signed("mo", &body, TOKEN_A)
+            .is_some_and(|r| r.status == 200)
     });
 }
 
