@@ -5,7 +5,7 @@
 //! one state write and one snapshot swap on the service, so a million numbers take a few
 //! dozen requests instead of a million (see docs/PERFORMANCE.md).
 
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanKey};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,7 +54,12 @@ pub struct SetupOptions {
     pub target: String,
     /// Copied into the plan.
     pub sink_dir: PathBuf,
+    /// Also give the integration a SharedKey (for `run --shared-key-share`).
+    pub shared_key: bool,
 }
+
+/// The id of the SharedKey `setup --shared-key` creates.
+pub const SHARED_KEY_ID: &str = "loadtest-key";
 
 /// One admin API connection (HTTP/1.1 over the Unix socket, kept alive).
 pub struct AdminClient {
@@ -118,6 +123,16 @@ pub fn credentials(seed: u64) -> (String, String) {
     )
 }
 
+/// A SharedKey for the load-test integration, from the same seed as its credentials.
+pub fn shared_key(seed: u64) -> PlanKey {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5ba2_ed0e_u64);
+    PlanKey {
+        id: SHARED_KEY_ID.into(),
+        secret: random_hex(&mut rng, 64),
+    }
+}
+
 /// Creates the integration, imports the numbers, and returns the plan (not yet written).
 pub async fn setup(opts: &SetupOptions, seed: u64) -> Result<Plan> {
     if opts.numbers > MAX_NUMBERS {
@@ -125,8 +140,12 @@ pub async fn setup(opts: &SetupOptions, seed: u64) -> Result<Plan> {
     }
     let (account_sid, auth_token) = credentials(seed);
     let mut admin = AdminClient::connect(&opts.socket, &opts.admin_token).await?;
-    let body =
+    let shared_key = opts.shared_key.then(|| shared_key(seed));
+    let mut body =
         json!({"name": "sms-loadtest", "account_sid": account_sid, "auth_token": auth_token});
+    if let Some(k) = &shared_key {
+        body["signing_keys"] = json!([{"id": k.id, "secret": k.secret}]);
+    }
     let (status, answer) = admin.call("POST", "/api/v1/integrations", &body).await?;
     if status != StatusCode::CREATED {
         bail!("creating the integration: {status} {answer}");
@@ -149,6 +168,7 @@ pub async fn setup(opts: &SetupOptions, seed: u64) -> Result<Plan> {
         target: opts.target.clone(),
         sink_dir: opts.sink_dir.clone(),
         numbers: (0..opts.numbers).map(number).collect(),
+        shared_key,
     })
 }
 
@@ -267,5 +287,10 @@ mod tests {
         assert!(sms_ingress::model::state::is_account_sid(&sid), "{sid}");
         assert_eq!(token.len(), 32);
         assert_ne!(credentials(8).0, sid);
+        let key = shared_key(7);
+        assert!(sms_ingress::model::state::is_signing_key_id(&key.id));
+        assert_eq!(key.secret.len(), 64);
+        assert_ne!(key.secret, token);
+        assert_eq!(shared_key(7), key);
     }
 }

@@ -67,6 +67,7 @@ mod tests {
             target: addr.to_string(),
             sink_dir: "s".into(),
             numbers: vec!["+14152000000".into()],
+            shared_key: None,
         };
         let workload = Arc::new(Workload::new(&plan, Mix::default(), 1));
         for protocol in [Protocol::H1, Protocol::H2] {

@@ -118,6 +118,9 @@ fn build(req: &WebhookRequest, target: &str, protocol: Protocol) -> Request<Full
         .header("x-twilio-signature", &req.signature)
         .header("i-twilio-idempotency-token", &req.idempotency_token)
         .header("user-agent", "TwilioProxy/1.1");
+    if let Some(settings) = &req.signature_settings {
+        b = b.header("x-twilio-webhooks-signature-settings", settings.as_ref());
+    }
     if protocol == Protocol::H1 {
         b = b.header("host", target);
     }

@@ -99,6 +99,10 @@ struct SetupArgs {
     /// Seed of the generated account SID and Auth Token (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Also give the integration a SharedKey (id `loadtest-key`, secret in the plan), so
+    /// that `run --shared-key-share` can sign as Twilio's Webhooks configuration API does.
+    #[arg(long)]
+    shared_key: bool,
 }
 
 #[derive(Args, Clone)]
@@ -136,6 +140,11 @@ struct LoadArgs {
     /// Share of exact retries of earlier deliveries (200, stored once).
     #[arg(long, default_value_t = 0.0)]
     retry: f64,
+    /// Share of requests signed with the plan's SharedKey (HMAC-SHA256, with
+    /// `X-Twilio-Webhooks-Signature-Settings`) instead of the Auth Token; needs
+    /// `setup --shared-key`.
+    #[arg(long, default_value_t = 0.0)]
+    shared_key_share: f64,
     /// Seed of the generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -270,6 +279,7 @@ async fn setup(a: SetupArgs) -> Result<ExitCode> {
         region_key: cfg.region().key.to_string(),
         target: cfg.server.listen.to_string(),
         sink_dir: cfg.sink.dir.clone(),
+        shared_key: a.shared_key,
     };
     if a.numbers == 0 {
         bail!("--numbers must be at least 1");
@@ -297,6 +307,7 @@ impl LoadArgs {
             bad_signature: self.bad_signature,
             unknown_number: self.unknown_number,
             retry: self.retry,
+            shared_key: self.shared_key_share,
         };
         let shares = [
             mix.mms,
@@ -304,9 +315,10 @@ impl LoadArgs {
             mix.bad_signature,
             mix.unknown_number,
             mix.retry,
+            mix.shared_key,
         ];
         if shares.iter().any(|s| !(0.0..=1.0).contains(s)) {
-            bail!("every share (--mms, --status, --bad-signature, --unknown-number, --retry) is between 0 and 1");
+            bail!("every share (--mms, --status, --bad-signature, --unknown-number, --retry, --shared-key-share) is between 0 and 1");
         }
         if mix.mms + mix.status > 1.0 || mix.bad_signature + mix.unknown_number > 1.0 {
             bail!(
@@ -350,7 +362,13 @@ impl LoadArgs {
         if plan.numbers.is_empty() {
             bail!("the plan has no numbers");
         }
-        Ok(Arc::new(Workload::new(plan, self.mix()?, self.seed)))
+        let mix = self.mix()?;
+        if mix.shared_key > 0.0 && plan.shared_key.is_none() {
+            bail!(
+                "--shared-key-share needs a plan with a SharedKey: run `sms-loadtest setup --shared-key`"
+            );
+        }
+        Ok(Arc::new(Workload::new(plan, mix, self.seed)))
     }
 }
 

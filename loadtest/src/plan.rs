@@ -25,6 +25,19 @@ pub struct Plan {
     pub sink_dir: PathBuf,
     /// Our numbers, all imported and active.
     pub numbers: Vec<String>,
+    /// The integration's SharedKey, when `setup --shared-key` created one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_key: Option<PlanKey>,
+}
+
+/// A Twilio SharedKey as the integration holds it: the id Twilio names in
+/// `X-Twilio-Webhooks-Signature-Settings` and the secret it signs with (HMAC-SHA256).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanKey {
+    /// The key id.
+    pub id: String,
+    /// The secret: a test secret of this run, written 0600 with the plan.
+    pub secret: String,
 }
 
 impl Plan {
@@ -76,10 +89,22 @@ mod tests {
             target: "127.0.0.1:1".into(),
             sink_dir: "data/spool".into(),
             numbers: vec!["+14152000000".into()],
+            shared_key: Some(PlanKey {
+                id: "loadtest-key".into(),
+                secret: "s".into(),
+            }),
         };
         plan.write(&path).unwrap();
         assert_eq!(Plan::read(&path).unwrap(), plan);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_plan_from_before_shared_keys_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.json");
+        std::fs::write(&path, r#"{"public_url":"https://sms.example","region_key":"k","account_sid":"AC1","auth_token":"t","integration_id":"i","target":"127.0.0.1:1","sink_dir":"spool","numbers":[]}"#).unwrap();
+        assert_eq!(Plan::read(&path).unwrap().shared_key, None);
     }
 }

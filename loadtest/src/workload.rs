@@ -1,8 +1,9 @@
 //! The workload: Twilio webhooks as Twilio sends them — inbound SMS (GSM-7 and UCS-2,
 //! 1–1,600 characters), MMS with up to 10 media, delivery-report sequences — signed with
 //! the service's own `signature::compute` over `form::Form`, so signing cannot drift from
-//! the verifier; plus configurable shares of bad signatures, unknown numbers and exact
-//! retries of earlier deliveries.
+//! the verifier; plus configurable shares of bad signatures, unknown numbers, exact
+//! retries of earlier deliveries, and of requests signed with a SharedKey (HMAC-SHA256)
+//! instead of the Auth Token.
 
 use crate::admin::unknown_number;
 use crate::plan::Plan;
@@ -27,6 +28,8 @@ pub struct Mix {
     pub unknown_number: f64,
     /// Exact resends of an earlier delivery, as Twilio retries (200, stored once).
     pub retry: f64,
+    /// Requests signed with the plan's SharedKey and the settings header naming it.
+    pub shared_key: f64,
 }
 
 impl Default for Mix {
@@ -37,6 +40,7 @@ impl Default for Mix {
             bad_signature: 0.0,
             unknown_number: 0.0,
             retry: 0.0,
+            shared_key: 0.0,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct WebhookRequest {
     pub signature: String,
     /// `I-Twilio-Idempotency-Token`, the same on a retry.
     pub idempotency_token: String,
+    /// `X-Twilio-Webhooks-Signature-Settings`, when a SharedKey signed the request.
+    pub signature_settings: Option<Arc<str>>,
     /// What the service should answer.
     pub expect: Expect,
 }
@@ -254,6 +260,7 @@ pub struct Workload {
     mo_url: String,
     status_url: String,
     token: Vec<u8>,
+    shared_key: Option<SharedKey>,
     account_sid: String,
     numbers: Vec<String>,
     texts: Vec<Text>,
@@ -272,12 +279,24 @@ impl Workload {
             mo_path: mo_path.into(),
             status_path: status_path.into(),
             token: plan.auth_token.as_bytes().to_vec(),
+            shared_key: plan.shared_key.as_ref().map(|k| SharedKey {
+                secret: k.secret.as_bytes().to_vec(),
+                settings: format!("key={},algorithm=HMAC_SHA256", k.id).into(),
+            }),
             account_sid: plan.account_sid.clone(),
             numbers: plan.numbers.clone(),
             texts: text_pool(seed, 512),
             mix,
         }
     }
+}
+
+/// The plan's SharedKey, ready to sign with.
+#[derive(Debug)]
+struct SharedKey {
+    secret: Vec<u8>,
+    /// The settings header's value naming it.
+    settings: Arc<str>,
 }
 
 /// One delivery-report sequence still to be reported.
@@ -527,19 +546,43 @@ impl Generator {
         } else {
             (&self.w.status_path, &self.w.status_url)
         };
-        let token: &[u8] = if expect == Expect::Forbidden {
-            b"not-the-auth-token"
-        } else {
-            &self.w.token
-        };
         let form = Form::parse(body.as_bytes()).expect("generated bodies are valid forms");
-        let signature = sms_ingress::signature::compute(url, &form, token);
+        // Drawn only when the share is set, so runs without it keep their request stream.
+        let shared = match &self.w.shared_key {
+            Some(k)
+                if self.w.mix.shared_key > 0.0 && self.rng.random_bool(self.w.mix.shared_key) =>
+            {
+                Some(k)
+            }
+            _ => None,
+        };
+        let forged = expect == Expect::Forbidden;
+        let (signature, signature_settings) = match shared {
+            Some(k) => {
+                let secret: &[u8] = if forged {
+                    b"not-the-shared-key"
+                } else {
+                    &k.secret
+                };
+                let sig = sms_ingress::signature::compute_shared(url, &form, secret);
+                (sig, Some(Arc::clone(&k.settings)))
+            }
+            None => {
+                let token: &[u8] = if forged {
+                    b"not-the-auth-token"
+                } else {
+                    &self.w.token
+                };
+                (sms_ingress::signature::compute(url, &form, token), None)
+            }
+        };
         let idempotency_token = format!("{:032x}-{}", self.rng.random::<u128>(), self.seq);
         WebhookRequest {
             path: Arc::clone(path),
             body: Bytes::from(body),
             signature,
             idempotency_token,
+            signature_settings,
             expect,
         }
     }
@@ -559,7 +602,7 @@ fn expectation(unknown: bool, bad_sig: bool, key: String) -> Expect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sms_ingress::signature::{key, verify, PublicUrl};
+    use sms_ingress::signature::{key, shared_key, verify, PublicUrl};
 
     fn plan() -> Plan {
         Plan {
@@ -571,6 +614,10 @@ mod tests {
             target: "127.0.0.1:1".into(),
             sink_dir: "spool".into(),
             numbers: (0..50).map(crate::admin::number).collect(),
+            shared_key: Some(crate::plan::PlanKey {
+                id: "loadtest-key".into(),
+                secret: "the-shared-key".into(),
+            }),
         }
     }
 
@@ -582,11 +629,16 @@ mod tests {
     fn verifies(req: &WebhookRequest) -> bool {
         let bases = PublicUrl::parse(&plan().public_url).unwrap();
         let form = Form::parse(&req.body).unwrap();
+        let k = match req.signature_settings.as_deref() {
+            Some("key=loadtest-key,algorithm=HMAC_SHA256") => shared_key(b"the-shared-key"),
+            Some(other) => panic!("unexpected settings header {other}"),
+            None => key(b"the-auth-token"),
+        };
         verify(
             bases.bases(),
             &req.path,
             &form,
-            &[key(b"the-auth-token")],
+            &[k],
             req.signature.as_bytes(),
         )
         .is_some()
@@ -600,9 +652,11 @@ mod tests {
             bad_signature: 0.2,
             unknown_number: 0.1,
             retry: 0.1,
+            shared_key: 0.4,
         };
         let mut g = generator(mix);
         let mut seen = [0usize; 4];
+        let mut shared = [0usize; 2];
         for _ in 0..2000 {
             let req = g.next_request();
             let idx = match req.expect {
@@ -612,9 +666,11 @@ mod tests {
                 Expect::Unknown => 3,
             };
             seen[idx] += 1;
+            shared[usize::from(req.signature_settings.is_some())] += 1;
             assert_eq!(verifies(&req), req.expect != Expect::Forbidden, "{req:?}");
         }
         assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        assert!(shared.iter().all(|&n| n > 500), "{shared:?}");
     }
 
     #[test]

@@ -140,6 +140,14 @@ fn loadtest(args: &[&str]) -> Output {
     out
 }
 
+/// `sms-loadtest <cmd> --plan P --target T --acked A --json --quiet <extra>`, its JSON.
+fn loadtest_json(cmd: &str, [plan, target, acked]: [&str; 3], extra: &[&str]) -> Output {
+    let mut args = vec![cmd, "--plan", plan, "--target", target, "--acked", acked];
+    args.extend(["--json", "--quiet"]);
+    args.extend_from_slice(extra);
+    loadtest(&args)
+}
+
 /// Runs `verify` and asserts it found every acknowledged key exactly once.
 fn verify_ok(plan: &str, acked: &str) -> Output {
     let out = loadtest(&["verify", "--plan", plan, "--acked", acked]);
@@ -178,39 +186,38 @@ fn setup_run_verify_against_the_real_service() {
         "2",
         "--plan",
         plan_s,
+        "--shared-key",
     ]);
     assert!(out.status.success(), "setup failed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("imported 40 numbers in"));
+    let planned: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+    assert_eq!(planned["shared_key"]["id"], "loadtest-key", "{planned}");
 
     // HTTP/1.1, closed loop, every kind of request and fault.
     let plot = dir.path().join("plot.svg");
-    let out = loadtest(&[
+    let out = loadtest_json(
         "run",
-        "--plan",
-        plan_s,
-        "--target",
-        &addr,
-        "--acked",
-        acked_s,
-        "--json",
-        "--quiet",
-        "--connections",
-        "4",
-        "--duration",
-        "2",
-        "--mms",
-        "0.2",
-        "--status",
-        "0.3",
-        "--bad-signature",
-        "0.05",
-        "--unknown-number",
-        "0.05",
-        "--retry",
-        "0.1",
-        "--plot",
-        plot.to_str().unwrap(),
-    ]);
+        [plan_s, &addr, acked_s],
+        &[
+            "--connections",
+            "4",
+            "--duration",
+            "2",
+            "--mms",
+            "0.2",
+            "--status",
+            "0.3",
+            "--bad-signature",
+            "0.05",
+            "--unknown-number",
+            "0.05",
+            "--retry",
+            "0.1",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
     let v = json_of(&out);
     assert!(v["answered"].as_u64().unwrap() > 50, "{v}");
     assert_eq!(
@@ -226,28 +233,49 @@ fn setup_run_verify_against_the_real_service() {
     let out = verify_ok(plan_s, acked_s);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("lost=0 duplicated=0"));
 
-    // h2, open loop at a modest rate: latency measured from the intended times.
-    let out = loadtest(&[
+    // Half signed with the SharedKey (HMAC-SHA256 and the settings header), forgeries
+    // of both kinds among them: each answered as expected and stored once.
+    let out = loadtest_json(
         "run",
-        "--plan",
-        plan_s,
-        "--target",
-        &addr,
-        "--acked",
-        acked_s,
-        "--json",
-        "--quiet",
-        "--protocol",
-        "h2",
-        "--connections",
-        "2",
-        "--duration",
-        "1",
-        "--rate",
-        "100",
-        "--retry",
-        "0.2",
-    ]);
+        [plan_s, &addr, acked_s],
+        &[
+            "--connections",
+            "2",
+            "--requests",
+            "300",
+            "--shared-key-share",
+            "0.5",
+            "--bad-signature",
+            "0.1",
+        ],
+    );
+    let v = json_of(&out);
+    assert_eq!(v["answered"].as_u64(), Some(300), "{v}");
+    assert_eq!(
+        (v["errors"].as_u64(), v["unexpected"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert!(v["statuses"]["403"].as_u64().unwrap() > 0, "{v}");
+    verify_ok(plan_s, acked_s);
+
+    // h2, open loop at a modest rate: latency measured from the intended times.
+    let out = loadtest_json(
+        "run",
+        [plan_s, &addr, acked_s],
+        &[
+            "--protocol",
+            "h2",
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+            "--rate",
+            "100",
+            "--retry",
+            "0.2",
+        ],
+    );
     let v = json_of(&out);
     assert_eq!(v["mode"], "open");
     assert_eq!(v["answered"].as_u64(), Some(100), "{v}");
@@ -263,24 +291,19 @@ fn setup_run_verify_against_the_real_service() {
     verify_ok(plan_s, acked_s);
 
     // ratio, with the open-loop rounds at half of sms-ingress's measured throughput.
-    let out = loadtest(&[
+    let out = loadtest_json(
         "ratio",
-        "--plan",
-        plan_s,
-        "--target",
-        &addr,
-        "--acked",
-        acked_s,
-        "--json",
-        "--quiet",
-        "--connections",
-        "2",
-        "--duration",
-        "1",
-        "--rounds",
-        "1",
-        "--half-rate",
-    ]);
+        [plan_s, &addr, acked_s],
+        &[
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--half-rate",
+        ],
+    );
     let v = json_of(&out);
     let rows = v["rounds"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{v}");
@@ -363,25 +386,20 @@ fn delivery_through_the_sink_server_loses_nothing_and_keeps_order() {
         plan_s,
     ]);
     assert!(out.status.success(), "setup failed");
-    let out = loadtest(&[
+    let out = loadtest_json(
         "run",
-        "--plan",
-        plan_s,
-        "--target",
-        &addr,
-        "--acked",
-        acked_s,
-        "--json",
-        "--quiet",
-        "--connections",
-        "4",
-        "--duration",
-        "2",
-        "--delivered",
-        delivered.to_str().unwrap(),
-        "--delivery-wait",
-        "30",
-    ]);
+        [plan_s, &addr, acked_s],
+        &[
+            "--connections",
+            "4",
+            "--duration",
+            "2",
+            "--delivered",
+            delivered.to_str().unwrap(),
+            "--delivery-wait",
+            "30",
+        ],
+    );
     let v = json_of(&out);
     assert_eq!(v["delivery"]["lost"], 0, "{v}");
     assert_eq!(v["delivery"]["out_of_order"], 0, "{v}");
