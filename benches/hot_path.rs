@@ -21,6 +21,8 @@ use std::time::Duration;
 const PUBLIC_URL: &str = "https://byosms.mypurecloud.com";
 const PATH: &str = "/vendors/v1/twilio/a906d2848ad146028e8805a8bbaa24d3/mo";
 const TOKEN: &[u8] = b"0123456789abcdef0123456789abcdef";
+const SHARED_KEY: &[u8] = b"a-shared-key-of-the-webhooks-configuration-api";
+const SETTINGS: &str = "key=key-1, algorithm=HMAC_SHA256";
 
 /// A typical inbound SMS body (~700 bytes, UTF-8 text), as Twilio posts it.
 fn inbound_body() -> String {
@@ -64,6 +66,41 @@ fn signature_verify(c: &mut Criterion) {
                 sig_443.as_bytes(),
             )
             .unwrap()
+        })
+    });
+    // A SharedKey (SPEC 2): the settings header parsed, the key picked, one HMAC-SHA256.
+    let shared = [signature::shared_key(SHARED_KEY)];
+    let sig_shared = signature::compute_shared(&format!("{PUBLIC_URL}{PATH}"), &form, SHARED_KEY);
+    g.bench_function("verify_shared_key", |b| {
+        b.iter(|| {
+            let settings = signature::SignatureSettings::parse(black_box(SETTINGS));
+            assert!(settings.is_hmac_sha256() && settings.key == Some("key-1"));
+            signature::verify(
+                bases.bases(),
+                PATH,
+                black_box(&form),
+                &shared,
+                sig_shared.as_bytes(),
+            )
+            .unwrap()
+        })
+    });
+    // A forged request against an integration in a token rotation: every base and key.
+    let rotating = [
+        signature::key(TOKEN),
+        signature::key(b"the-next-auth-token"),
+    ];
+    let forged = signature::compute(&format!("{PUBLIC_URL}{PATH}"), &form, b"forged");
+    g.bench_function("reject_forged_two_tokens", |b| {
+        b.iter(|| {
+            assert!(signature::verify(
+                bases.bases(),
+                PATH,
+                black_box(&form),
+                &rotating,
+                forged.as_bytes()
+            )
+            .is_none())
         })
     });
     g.bench_function("parse_and_verify", |b| {
