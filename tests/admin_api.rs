@@ -412,6 +412,11 @@ async fn authentication_permissions_and_org_isolation() {
         "https://byosms.mypurecloud.ie/vendors/v1/twilio/a123cbc6467b48ccbdccc3e03fd30f4d/mo"
     );
     assert_eq!(regions["regions"].as_array().unwrap().len(), 14);
+    assert_eq!(regions["method"], "POST");
+    assert!(regions["connection_overrides"]
+        .as_str()
+        .unwrap()
+        .contains("the URL before '#'"));
 
     // Org B sees none of org A's objects.
     let (_, list) = h

@@ -57,7 +57,10 @@ pub(super) fn number(n: &Number, org: &str) -> Value {
     serde_json::to_value(NumberView { number: n, org }).unwrap_or(Value::Null)
 }
 
-/// This instance's webhook URL, and every region's.
+/// What an admin may add to the URL in Twilio without breaking the import check.
+const CONNECTION_OVERRIDES: &str = "Twilio's connection overrides may follow the URL as a fragment (for example #rc=3&rp=all): Twilio never sends it, and the import compares the URL before '#'";
+
+/// This instance's webhook URL (what to set in Twilio, and how), and every region's.
 pub(super) fn regions(region: &Region) -> Value {
     let table: Vec<Value> = REGIONS
         .iter()
@@ -66,6 +69,8 @@ pub(super) fn regions(region: &Region) -> Value {
     json!({
         "region": region.name,
         "webhook_url": region.webhook_url(),
+        "method": "POST",
+        "connection_overrides": CONNECTION_OVERRIDES,
         "regions": table,
     })
 }
