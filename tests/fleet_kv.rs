@@ -148,6 +148,44 @@ fn a_number_imported_on_one_instance_is_served_by_the_other() {
     );
 }
 
+#[test]
+fn a_shared_key_added_on_one_instance_verifies_on_the_other_and_is_sealed_in_kv() {
+    const SECRET: &str = "fleet-shared-key-secret-0123";
+    let (nats, a, b) = fleet();
+    let id = setup_number(&a, ACCOUNT, TOKEN, number(OURS, "-"));
+    wait_for_number(&b, OURS);
+    let add = json!({"signing_keys": {"add": [{"id": "KS1", "secret": SECRET}]}});
+    let r = a.admin(
+        "PATCH",
+        &format!("/api/v1/integrations/{id}"),
+        ADMIN_TOKEN,
+        Some(&add),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = inbound(OURS, 7);
+    let settings = Some("key=KS1,algorithm=HMAC_SHA256");
+    assert!(
+        wait_until(PROPAGATION, || {
+            crate::shared_key::post_shared(&b, &body, SECRET, settings).status == 200
+        }),
+        "B never verified the SharedKey added on A"
+    );
+    assert_eq!(b.spool_tail("support").len(), 1);
+
+    // The bucket's integration record holds the key's id and its secret sealed.
+    let (integration, _) = read_bucket(
+        &nats.url(),
+        &[&format!("integration.{id}"), "number._2B14155550100"],
+    );
+    let integration: Value = serde_json::from_slice(&integration).unwrap();
+    assert_eq!(integration["signing_keys"][0]["id"], "KS1", "{integration}");
+    assert!(integration["signing_keys"][0]["secret"]["ciphertext"].is_string());
+    assert!(
+        !integration.to_string().contains(SECRET),
+        "no plaintext SharedKey in KV"
+    );
+}
+
 /// The values of two keys of the bucket, read directly with a NATS client.
 fn read_bucket(url: &str, keys: &[&str; 2]) -> (Vec<u8>, Vec<u8>) {
     let runtime = tokio::runtime::Builder::new_current_thread()

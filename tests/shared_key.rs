@@ -25,7 +25,12 @@ fn body(sid: &str) -> String {
 }
 
 /// Posts `body` signed with `secret` (HMAC-SHA256) and the settings header `settings`.
-fn post_shared(s: &TestServer, body: &str, secret: &str, settings: Option<&str>) -> Response {
+pub(crate) fn post_shared(
+    s: &TestServer,
+    body: &str,
+    secret: &str,
+    settings: Option<&str>,
+) -> Response {
     let path = TestServer::webhook_path("mo");
     let form = Form::parse(body.as_bytes()).unwrap();
     let sig = compute_shared(&format!("{PUBLIC_URL}{path}"), &form, secret.as_bytes());
