@@ -204,10 +204,11 @@ fn the_signature_tool_computes_and_verifies_shared_key_signatures() {
     use std::process::Command;
     let url = "https://user:pass@sms.test.example:8443/mo";
     let b = body("SMcli");
-    let run = |args: &[&str]| {
+    // `sms-ingress signature <verb> --url URL --token SECRET_1 <rest>`, body on stdin.
+    let run = |verb: &str, rest: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sms-ingress"));
-        cmd.arg("signature")
-            .args(args)
+        cmd.args(["signature", verb, "--url", url, "--token", SECRET_1])
+            .args(rest)
             .env_remove("SMS_INGRESS_TWILIO_TOKEN");
         let out = output_with_stdin(&mut cmd, b.as_bytes());
         (
@@ -217,17 +218,9 @@ fn the_signature_tool_computes_and_verifies_shared_key_signatures() {
     };
     let form = Form::parse(b.as_bytes()).unwrap();
     let expected = compute_shared(url, &form, SECRET_1.as_bytes());
-    let (code, out) = run(&["compute", "--url", url, "--token", SECRET_1, "--shared-key"]);
+    let (code, out) = run("compute", &["--shared-key"]);
     assert_eq!((code, out.trim()), (Some(0), expected.as_str()));
-    let (_, same) = run(&[
-        "compute",
-        "--url",
-        url,
-        "--token",
-        SECRET_1,
-        "--algorithm",
-        "HMAC_SHA256",
-    ]);
+    let (_, same) = run("compute", &["--algorithm", "HMAC_SHA256"]);
     assert_eq!(same.trim(), expected);
     // Signed over the URL without its port: verify says which form matched.
     let no_port = compute_shared(
@@ -235,41 +228,16 @@ fn the_signature_tool_computes_and_verifies_shared_key_signatures() {
         &form,
         SECRET_1.as_bytes(),
     );
-    let (code, out) = run(&[
-        "verify",
-        "--url",
-        url,
-        "--token",
-        SECRET_1,
-        "--shared-key",
-        "--signature",
-        &no_port,
-    ]);
+    let (code, out) = run("verify", &["--shared-key", "--signature", &no_port]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("over https://user:pass@sms.test.example/mo"),
         "{out}"
     );
     // The SharedKey's signature is not an Auth Token's, and an unknown algorithm is refused.
-    let (code, out) = run(&[
-        "verify",
-        "--url",
-        url,
-        "--token",
-        SECRET_1,
-        "--signature",
-        &expected,
-    ]);
+    let (code, out) = run("verify", &["--signature", &expected]);
     assert_eq!(code, Some(1), "{out}");
-    let (code, _) = run(&[
-        "compute",
-        "--url",
-        url,
-        "--token",
-        SECRET_1,
-        "--algorithm",
-        "MD5",
-    ]);
+    let (code, _) = run("compute", &["--algorithm", "MD5"]);
     assert_ne!(code, Some(0));
 }
 
