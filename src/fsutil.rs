@@ -18,10 +18,25 @@ fn parent_of(path: &Path) -> &Path {
 /// file and a crash leaves either the old or the new content. Returns the written file's
 /// metadata, taken before the rename (which keeps the inode).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<Metadata> {
+    let staged = stage(path, bytes, "tmp")?;
+    staged.put_in_place()
+}
+
+/// A file written and synced beside its destination, not yet in place: the slow half of
+/// `write_atomic`, which a writer can do without holding what guards the destination.
+pub(crate) struct Staged {
+    tmp: std::path::PathBuf,
+    path: std::path::PathBuf,
+    meta: Metadata,
+}
+
+/// Writes `bytes` to a temporary file beside `path` (named with `tag`, so two writers of
+/// one process never share it) and syncs it.
+pub(crate) fn stage(path: &Path, bytes: &[u8], tag: &str) -> io::Result<Staged> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.{tag}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
         std::process::id()
     ));
@@ -31,9 +46,25 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<Metadata> {
         f.sync_all()?;
         f.metadata()?
     };
-    std::fs::rename(&tmp, path)?;
-    sync_dir(dir)?;
-    Ok(meta)
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+        meta,
+    })
+}
+
+impl Staged {
+    /// Renames the file into place and syncs the directory; returns its metadata.
+    pub(crate) fn put_in_place(self) -> io::Result<Metadata> {
+        std::fs::rename(&self.tmp, &self.path)?;
+        sync_dir(parent_of(&self.path))?;
+        Ok(self.meta)
+    }
+
+    /// Removes the file unused (its content is stale).
+    pub(crate) fn discard(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Makes a created, renamed or removed entry of `dir` durable.

@@ -4,7 +4,11 @@
 
 use crate::dispatch::{Dispatcher, QueueHandle};
 use crate::model::crypto::{CryptoError, MasterKey};
-use crate::model::state::{Integration, IntegrationStatus, Number, NumberStatus, Numbers, State};
+use crate::model::numbers::Hasher;
+use crate::model::state::{
+    Integration, IntegrationStatus, Number, NumberDelta, NumberStatus, Numbers, SenderId, State,
+    Text,
+};
 use crate::policy::CompiledCompliance;
 use crate::sink::SinkError;
 use arc_swap::ArcSwap;
@@ -48,52 +52,22 @@ pub struct NumberEntry {
 pub struct Snapshot {
     pub(crate) version: u64,
     pub(crate) built_at: SystemTime,
-    /// Rebuilt on every change (a handful of token openings).
-    integrations: Vec<Arc<IntegrationEntry>>,
-    /// Shared with the previous snapshot when no number changed.
-    numbers: Arc<NumberTable>,
+    /// By integration id: its entry and its queues, each reused from the previous
+    /// snapshot while its record and queue names are unchanged.
+    integrations: HashMap<Box<str>, Arc<Routes>, Hasher>,
+    /// Short codes' compiled keyword replies, shared while no short code changed.
+    compliance: Arc<HashMap<SenderId, Arc<CompiledCompliance>, Hasher>>,
+    /// The state's own number map, shared with it: a snapshot adds nothing per number.
+    numbers: Numbers,
 }
 
-/// The per-number part of a snapshot, which a change to integrations alone reuses: a
-/// number names its integration by position in `integration_ids`, not by pointer.
-struct NumberTable {
-    /// The state's number list this was built from (shared, so holding it costs nothing).
-    source: Numbers,
-    /// The integration order the positions in the slots refer to.
-    integration_ids: Vec<Box<str>>,
-    /// Built whole, then shared by every table derived from this one.
-    base: Arc<NumberMap>,
-    /// Numbers changed since `base` was built (`None`: removed); looked at first.
-    overlay: HashMap<Box<str>, Option<Slot>, foldhash::fast::RandomState>,
+/// What an integration's numbers route with: its entry and its queues by name.
+struct Routes {
+    /// The record the entry was opened from (to tell whether the next state changed it).
+    source: Integration,
+    entry: Arc<IntegrationEntry>,
+    queues: HashMap<Box<str>, Arc<QueueHandle>, Hasher>,
 }
-
-/// Past this many numbers changed since the last full build, the next change builds the
-/// number map whole again (each change copies the overlay).
-const OVERLAY_MAX: usize = 16_384;
-
-impl NumberTable {
-    fn get(&self, number: &str) -> Option<&Slot> {
-        if !self.overlay.is_empty() {
-            if let Some(changed) = self.overlay.get(number) {
-                return changed.as_ref();
-            }
-        }
-        self.base.get(number)
-    }
-}
-
-/// What a snapshot stores per number.
-#[derive(Clone)]
-struct Slot {
-    integration: u32,
-    queue: Arc<QueueHandle>,
-    routing: Routing,
-    compliance: Option<Arc<CompiledCompliance>>,
-}
-
-/// Lookups run before the signature is checked, but keys are only ever inserted by the
-/// control plane, so a fast seeded hash (foldhash) is enough here.
-type NumberMap = HashMap<Box<str>, Slot, foldhash::fast::RandomState>;
 
 /// Why a state could not become a snapshot; the change is rejected and the old snapshot serves.
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +84,9 @@ impl Snapshot {
         Snapshot {
             version: 0,
             built_at: SystemTime::now(),
-            integrations: Vec::new(),
-            numbers: Arc::new(NumberTable {
-                source: Numbers::default(),
-                integration_ids: Vec::new(),
-                base: Arc::default(),
-                overlay: HashMap::default(),
-            }),
+            integrations: HashMap::default(),
+            compliance: Arc::default(),
+            numbers: Numbers::default(),
         }
     }
 
@@ -129,74 +99,159 @@ impl Snapshot {
         Self::build_after(state, key, dispatcher, None)
     }
 
-    /// `build`, reusing `prev`'s number table when `state` still lists `prev`'s
-    /// integrations first, in the same order: as it is when `state` has the very number
-    /// list it was built from (a swap then costs the same at a million numbers as at
-    /// ten), or with the numbers that changed laid over it (one pass over the lists to
-    /// find them) while few have changed since the last full build.
+    /// `build`, reusing what `prev` already holds: the number map is the state's own
+    /// (shared, never copied), an integration whose record and queues did not change
+    /// keeps its entry and handles, and the short codes' replies are compiled again only
+    /// for short codes the change touched. So a swap costs what the change touched plus a
+    /// look at each integration, at a million numbers as at ten.
     pub fn build_after(
         state: &State,
         key: &MasterKey,
         dispatcher: &Dispatcher,
         prev: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
-        let integrations = state
-            .integrations
-            .iter()
-            .map(|i| integration_entry(i, key).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let reusable = prev.map(|p| &p.numbers).filter(|t| {
-            t.integration_ids.len() <= state.integrations.len()
-                && t.integration_ids
+        let mut integrations = HashMap::with_capacity_and_hasher(state.integrations.len(), Hasher);
+        for i in &state.integrations {
+            let before = prev.and_then(|p| p.integrations.get(i.id.as_str()));
+            let routes = routes(i, &state.numbers, key, dispatcher, before)?;
+            integrations.insert(Box::from(i.id.as_str()), routes);
+        }
+        let compliance = match prev {
+            Some(p) => compliance_after(&p.compliance, &state.numbers.delta_from(&p.numbers)),
+            None => Arc::new(
+                state
+                    .numbers
                     .iter()
-                    .zip(&state.integrations)
-                    .all(|(a, b)| **a == *b.id)
-        });
-        let numbers = match reusable {
-            Some(table) if Numbers::same(&table.source, &state.numbers) => Arc::clone(table),
-            Some(table) => match overlaid(table, state, dispatcher)? {
-                Some(table) => Arc::new(table),
-                None => Arc::new(number_table(state, dispatcher)?),
-            },
-            None => Arc::new(number_table(state, dispatcher)?),
+                    .filter_map(|n| Some((n.sender_id, compile(n)?)))
+                    .collect(),
+            ),
         };
         Ok(Snapshot {
             version: state.version,
             built_at: SystemTime::now(),
             integrations,
-            numbers,
+            compliance,
+            numbers: state.numbers.clone(),
         })
     }
 
-    /// The entry of one of our numbers, as Twilio writes it in `To`/`From`.
+    /// The entry of one of our numbers, as Twilio writes it in `To`/`From`: one probe of
+    /// the number map, then its integration's and queue's (small) tables. A number whose
+    /// integration is not in the snapshot (a fleet race) is not served.
     pub fn lookup(&self, number: &str) -> Option<NumberEntry> {
-        let slot = self.numbers.get(number)?;
+        let id = SenderId::new(number)?;
+        let n = self.numbers.get_id(&id)?;
+        let routes = self.integrations.get(&*n.integration_id)?;
+        let queue = routes.queues.get(&*n.queue)?;
+        let compliance = match n.compliance {
+            Some(_) => self.compliance.get(&id).cloned(),
+            None => None,
+        };
         Some(NumberEntry {
-            integration: self.integrations[slot.integration as usize].clone(),
-            queue: slot.queue.clone(),
-            routing: slot.routing,
-            compliance: slot.compliance.clone(),
+            integration: Arc::clone(&routes.entry),
+            queue: Arc::clone(queue),
+            routing: match n.status {
+                NumberStatus::Active => Routing::Active,
+                NumberStatus::Disabled => Routing::Disabled,
+                NumberStatus::Provisioning => Routing::Provisioning,
+            },
+            compliance,
         })
     }
 
-    /// Whether this snapshot serves `other`'s number table (a change to integrations
-    /// alone), rather than one built again.
+    /// Whether this snapshot routes `other`'s integration `id` with the very same entry
+    /// and queue handles (nothing about it changed).
     #[cfg(test)]
-    fn shares_numbers_with(&self, other: &Snapshot) -> bool {
-        Arc::ptr_eq(&self.numbers, &other.numbers)
-    }
-
-    /// Whether this snapshot's number map is `other`'s, with or without changes laid
-    /// over it (not built again).
-    #[cfg(test)]
-    fn shares_number_map_with(&self, other: &Snapshot) -> bool {
-        Arc::ptr_eq(&self.numbers.base, &other.numbers.base)
+    fn shares_routes_with(&self, other: &Snapshot, id: &str) -> bool {
+        match (self.integrations.get(id), other.integrations.get(id)) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// How many numbers are routed by this snapshot.
     pub(crate) fn len(&self) -> usize {
-        self.numbers.source.len()
+        self.numbers.len()
     }
+}
+
+/// An integration's routes: `before`'s when neither its record nor its queue names
+/// changed; else its entry (reused if the record is the same) and a handle per queue
+/// (reused where `before` had it).
+fn routes(
+    i: &Integration,
+    numbers: &Numbers,
+    key: &MasterKey,
+    dispatcher: &Dispatcher,
+    before: Option<&Arc<Routes>>,
+) -> Result<Arc<Routes>, BuildError> {
+    let names: Vec<&Text> = numbers
+        .use_of(&i.id)
+        .map(|u| u.queues().collect())
+        .unwrap_or_default();
+    if let Some(b) = before.filter(|b| b.source == *i) {
+        if b.queues.len() == names.len() && names.iter().all(|q| b.queues.contains_key(&***q)) {
+            return Ok(Arc::clone(b));
+        }
+    }
+    let entry = match before.filter(|b| b.source == *i) {
+        Some(b) => Arc::clone(&b.entry),
+        None => Arc::new(integration_entry(i, key)?),
+    };
+    let mut queues = HashMap::with_capacity_and_hasher(names.len(), Hasher);
+    for q in names {
+        let handle = match before.and_then(|b| b.queues.get(&**q)) {
+            Some(h) => Arc::clone(h),
+            None => {
+                let name = format!("{}/{q}", i.org);
+                dispatcher
+                    .queue(&name)
+                    .map_err(|source| BuildError::Queue {
+                        queue: name,
+                        source,
+                    })?
+            }
+        };
+        queues.insert(Box::from(&**q), handle);
+    }
+    Ok(Arc::new(Routes {
+        source: i.clone(),
+        entry,
+        queues,
+    }))
+}
+
+/// A short code's compiled replies.
+fn compile(n: &Number) -> Option<Arc<CompiledCompliance>> {
+    n.compliance
+        .as_ref()
+        .map(|c| Arc::new(CompiledCompliance::compile(c)))
+}
+
+/// `prev`'s compiled replies with the delta's short codes compiled again or dropped;
+/// `prev` itself when the delta touched no short code.
+fn compliance_after(
+    prev: &Arc<HashMap<SenderId, Arc<CompiledCompliance>, Hasher>>,
+    delta: &NumberDelta,
+) -> Arc<HashMap<SenderId, Arc<CompiledCompliance>, Hasher>> {
+    let touched = delta.removed.iter().any(|id| prev.contains_key(id))
+        || delta
+            .put()
+            .any(|n| n.compliance.is_some() || prev.contains_key(&n.sender_id));
+    if !touched {
+        return Arc::clone(prev);
+    }
+    let mut map = (**prev).clone();
+    for id in &delta.removed {
+        map.remove(id);
+    }
+    for n in delta.put() {
+        match compile(n) {
+            Some(c) => map.insert(n.sender_id, c),
+            None => map.remove(&n.sender_id),
+        };
+    }
+    Arc::new(map)
 }
 
 /// Opens an integration's tokens into HMAC keys.
@@ -236,123 +291,6 @@ fn integration_entry(i: &Integration, key: &MasterKey) -> Result<IntegrationEntr
         keys,
         signing_keys,
     })
-}
-
-/// Makes slots for one state: integration positions and queues resolved once each.
-struct Slots<'a> {
-    positions: HashMap<&'a str, u32>,
-    /// By org and queue name.
-    queues: HashMap<(&'a str, &'a str), Arc<QueueHandle>>,
-    /// Each integration's org, by integration id.
-    orgs: HashMap<&'a str, &'a str>,
-    dispatcher: &'a Dispatcher,
-}
-
-impl<'a> Slots<'a> {
-    fn new(state: &'a State, dispatcher: &'a Dispatcher) -> Self {
-        Slots {
-            positions: state
-                .integrations
-                .iter()
-                .enumerate()
-                .map(|(at, i)| (i.id.as_str(), at as u32))
-                .collect(),
-            queues: HashMap::new(),
-            orgs: state
-                .integrations
-                .iter()
-                .map(|i| (i.id.as_str(), i.org.as_str()))
-                .collect(),
-            dispatcher,
-        }
-    }
-
-    fn slot(&mut self, n: &'a Number) -> Result<Slot, BuildError> {
-        let org = self
-            .orgs
-            .get(&*n.integration_id)
-            .copied()
-            .unwrap_or_default();
-        let queue = match self.queues.get(&(org, &*n.queue)) {
-            Some(q) => q.clone(),
-            None => {
-                let name = format!("{org}/{}", n.queue);
-                let q = self
-                    .dispatcher
-                    .queue(&name)
-                    .map_err(|source| BuildError::Queue {
-                        queue: name.clone(),
-                        source,
-                    })?;
-                self.queues.insert((org, &n.queue), q.clone());
-                q
-            }
-        };
-        let routing = match n.status {
-            NumberStatus::Active => Routing::Active,
-            NumberStatus::Disabled => Routing::Disabled,
-            NumberStatus::Provisioning => Routing::Provisioning,
-        };
-        Ok(Slot {
-            integration: self.positions[&*n.integration_id],
-            queue,
-            routing,
-            compliance: n
-                .compliance
-                .as_ref()
-                .map(|c| Arc::new(CompiledCompliance::compile(c))),
-        })
-    }
-}
-
-fn integration_ids(state: &State) -> Vec<Box<str>> {
-    state
-        .integrations
-        .iter()
-        .map(|i| i.id.clone().into_boxed_str())
-        .collect()
-}
-
-/// The O(numbers) part of a snapshot: one slot per number.
-fn number_table(state: &State, dispatcher: &Dispatcher) -> Result<NumberTable, BuildError> {
-    let mut slots = Slots::new(state, dispatcher);
-    let mut map = NumberMap::with_capacity_and_hasher(state.numbers.len(), Default::default());
-    for n in state.numbers.iter() {
-        map.insert(Box::from(&*n.sender_id), slots.slot(n)?);
-    }
-    Ok(NumberTable {
-        source: state.numbers.clone(),
-        integration_ids: integration_ids(state),
-        base: Arc::new(map),
-        overlay: HashMap::default(),
-    })
-}
-
-/// `table` with the numbers that changed between its list and `state`'s laid over it;
-/// `None` when too many have changed since its map was built.
-fn overlaid(
-    table: &NumberTable,
-    state: &State,
-    dispatcher: &Dispatcher,
-) -> Result<Option<NumberTable>, BuildError> {
-    let delta = state.numbers.delta_from(&table.source);
-    if table.overlay.len() + delta.len() > OVERLAY_MAX {
-        return Ok(None);
-    }
-    let mut slots = Slots::new(state, dispatcher);
-    let mut overlay = table.overlay.clone();
-    for removed in &delta.removed {
-        overlay.insert(removed.as_str().into(), None);
-    }
-    for n in delta.changed.iter().chain(&delta.appended) {
-        overlay.insert(Box::from(&*n.sender_id), Some(slots.slot(n)?));
-    }
-    Ok(Some(NumberTable {
-        source: state.numbers.clone(),
-        integration_ids: integration_ids(state),
-        base: Arc::clone(&table.base),
-        overlay,
-    }))
 }
 
 /// The live inventory: readers `load()` without locking, the control plane `publish`es.
@@ -471,65 +409,86 @@ mod tests {
     }
 
     #[test]
-    fn an_integration_change_reuses_the_number_table() {
-        let (mut state, mk, d) = fixture(10);
+    fn a_change_reuses_what_it_did_not_touch() {
+        let (state, mk, d) = fixture(10);
         let first = Snapshot::build(&state, &mk, &d).unwrap();
 
-        // Token rotated and integration deactivated: numbers untouched, table shared,
-        // yet every lookup sees the new integration.
+        // Token rotated and integration deactivated: the entry is new, every lookup sees
+        // it, the numbers are the very same map.
         let mut next = state.clone();
         next.version = 8;
         next.integrations[0].next_auth_token = None;
         next.integrations[0].status = IntegrationStatus::Inactive;
         let second = Snapshot::build_after(&next, &mk, &d, Some(&first)).unwrap();
-        assert!(second.shares_numbers_with(&first));
+        assert!(Numbers::same(&second.numbers, &first.numbers));
+        assert!(!second.shares_routes_with(&first, "int-1"));
         let e = second.lookup("+15550000004").unwrap();
         assert_eq!((e.integration.keys.len(), e.integration.active), (1, false));
+        assert_eq!(
+            e.routing,
+            Routing::Active,
+            "own status: the data plane drops on `active`"
+        );
         assert_eq!(
             first.lookup("+15550000004").unwrap().integration.keys.len(),
             2
         );
+        // The queue handles were kept, not opened again.
+        assert!(Arc::ptr_eq(
+            &first.lookup("+15550000004").unwrap().queue,
+            &second.lookup("+15550000004").unwrap().queue
+        ));
 
-        // An integration added after the others keeps the positions: still shared.
+        // Another integration added: the first keeps its routes.
         let mut added = next.clone();
         let mut other = added.integrations[0].clone();
         other.id = "int-2".into();
         other.auth_token = mk.seal(&Secret::new("tok3"), "int-2").unwrap();
-        added.integrations.push(other.clone());
+        added.integrations.insert(0, other);
         let third = Snapshot::build_after(&added, &mk, &d, Some(&second)).unwrap();
-        assert!(third.shares_numbers_with(&first));
-
-        // Reordered integrations, or a changed number: built again, and correct.
-        let mut reordered = next.clone();
-        reordered.integrations.insert(0, other);
-        let fourth = Snapshot::build_after(&reordered, &mk, &d, Some(&third)).unwrap();
-        assert!(!fourth.shares_numbers_with(&third));
+        assert!(third.shares_routes_with(&second, "int-1"));
         assert_eq!(
-            &*fourth.lookup("+15550000004").unwrap().integration.id,
+            &*third.lookup("+15550000004").unwrap().integration.id,
             "int-1"
         );
-        state.numbers[4].queue = "q9".into();
-        let fifth = Snapshot::build_after(&state, &mk, &d, Some(&first)).unwrap();
-        assert!(!fifth.shares_numbers_with(&first));
-        assert_eq!(&**fifth.lookup("+15550000004").unwrap().queue.queue(), "q9");
+
+        // A number moved to a new queue: the integration's routes gain it.
+        let mut moved = added.clone();
+        let n = moved.numbers.get("+15550000004").unwrap().clone();
+        moved.numbers.insert(Number {
+            queue: "q9".into(),
+            ..n
+        });
+        let fourth = Snapshot::build_after(&moved, &mk, &d, Some(&third)).unwrap();
+        assert!(!fourth.shares_routes_with(&third, "int-1"));
+        assert_eq!(
+            &**fourth.lookup("+15550000004").unwrap().queue.queue(),
+            "q9"
+        );
+        assert_eq!(&**third.lookup("+15550000004").unwrap().queue.queue(), "q1");
     }
 
     #[test]
-    fn changed_numbers_are_laid_over_the_shared_map_until_there_are_too_many() {
-        let (state, mk, d) = fixture(OVERLAY_MAX + 100);
+    fn changed_numbers_are_served_at_once_and_the_old_snapshot_stays_as_it_was() {
+        let (state, mk, d) = fixture(20_000);
         let first = Snapshot::build(&state, &mk, &d).unwrap();
-
-        // Edit one, remove one, append one: the map is shared, the lookups are new.
         let mut next = state.clone();
-        next.numbers[4].queue = "q9".into();
-        next.numbers[5].status = NumberStatus::Provisioning;
-        next.numbers.retain(|n| &*n.sender_id != "+15550000006");
-        let mut added = next.numbers[7].clone();
-        added.sender_id = "+15559999999".into();
-        next.numbers.push(added);
+        let edit = |s: &State, id: &str| s.numbers.get(id).unwrap().clone();
+        next.numbers.insert(Number {
+            queue: "q9".into(),
+            ..edit(&next, "+15550000004")
+        });
+        next.numbers.insert(Number {
+            status: NumberStatus::Provisioning,
+            ..edit(&next, "+15550000005")
+        });
+        next.numbers.remove("+15550000006");
+        next.numbers.insert(Number {
+            sender_id: "+15559999999".into(),
+            ..edit(&next, "+15550000007")
+        });
         let second = Snapshot::build_after(&next, &mk, &d, Some(&first)).unwrap();
-        assert!(second.shares_number_map_with(&first));
-        assert_eq!(second.len(), OVERLAY_MAX + 100);
+        assert_eq!(second.len(), 20_000);
         assert_eq!(
             &**second.lookup("+15550000004").unwrap().queue.queue(),
             "q9"
@@ -540,37 +499,53 @@ mod tests {
         );
         assert!(second.lookup("+15550000006").is_none());
         assert!(second.lookup("+15559999999").is_some());
-        assert_eq!(
-            &**second.lookup("+15550000008").unwrap().queue.queue(),
-            "q2"
-        );
         assert!(
             first.lookup("+15559999999").is_none(),
             "the old one is as it was"
         );
-
-        // Removed then imported again: found again.
-        let mut third_state = next.clone();
-        let mut back = third_state.numbers[7].clone();
-        back.sender_id = "+15550000006".into();
-        third_state.numbers.push(back);
-        let third = Snapshot::build_after(&third_state, &mk, &d, Some(&second)).unwrap();
-        assert!(third.shares_number_map_with(&first));
-        assert!(third.lookup("+15550000006").is_some());
-
-        // Too many changed since the full build: built whole again.
-        let mut many = third_state.clone();
-        for n in many.numbers.iter_mut().take(OVERLAY_MAX) {
-            n.queue = "q7".into();
-        }
-        let fourth = Snapshot::build_after(&many, &mk, &d, Some(&third)).unwrap();
-        assert!(!fourth.shares_number_map_with(&first));
-        assert_eq!(
-            &**fourth.lookup("+15550000001").unwrap().queue.queue(),
-            "q7"
+        assert!(first.lookup("+15550000006").is_some());
+        assert!(
+            second.lookup("+1555000000600000000").is_none(),
+            "too long: not ours"
         );
-        assert!(fourth.lookup("+15550000006").is_some());
-        assert_eq!(fourth.len(), third.len());
+    }
+
+    #[test]
+    fn short_codes_replies_are_compiled_again_only_when_a_short_code_changed() {
+        let (mut state, mk, d) = fixture(3);
+        let reply = |k: &str| crate::model::state::KeywordReply {
+            keywords: vec![k.into()],
+            message: format!("{k} reply"),
+        };
+        let compliance = Arc::new(crate::model::state::Compliance {
+            help: reply("HELP"),
+            opt_out: reply("STOP"),
+            re_opt_in: reply("START"),
+        });
+        state.numbers.insert(Number {
+            sender_id: "12345".into(),
+            kind: NumberType::ShortCode,
+            compliance: Some(compliance),
+            ..state.numbers.get("+15550000001").unwrap().clone()
+        });
+        let first = Snapshot::build(&state, &mk, &d).unwrap();
+        assert!(first.lookup("12345").unwrap().compliance.is_some());
+        assert!(first.lookup("+15550000001").unwrap().compliance.is_none());
+        let mut next = state.clone();
+        next.numbers.remove("+15550000002");
+        let second = Snapshot::build_after(&next, &mk, &d, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.compliance, &second.compliance));
+        next.numbers.remove("12345");
+        let third = Snapshot::build_after(&next, &mk, &d, Some(&second)).unwrap();
+        assert!(third.compliance.is_empty() && third.lookup("12345").is_none());
+    }
+
+    #[test]
+    fn a_number_whose_integration_is_gone_is_not_served() {
+        let (mut state, mk, d) = fixture(3);
+        state.integrations.clear();
+        let snap = Snapshot::build(&state, &mk, &d).unwrap();
+        assert!(snap.lookup("+15550000001").is_none());
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //! vendor checks (Twilio REST) come after these and live elsewhere.
 
 use crate::model::state::{
-    self, Compliance, IntegrationStatus, KeywordReply, Number, NumberStatus, NumberType, State,
+    self, Compliance, Country, KeywordReply, Number, NumberStatus, NumberType, SenderId, State,
 };
 use http::StatusCode;
 use phonenumber::metadata::DATABASE;
 use serde::Deserialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Queue used when an import names none.
 pub(crate) const DEFAULT_QUEUE: &str = "default";
@@ -151,15 +152,23 @@ pub(crate) fn check_import(
     max_queues: usize,
 ) -> Result<Number, ImportError> {
     let mut queues = QueueBudget::of(state, org, max_queues);
-    let owner_of = |sender_id: &str| {
-        let existing = state.numbers.iter().find(|n| *n.sender_id == *sender_id)?;
-        Some(
-            state
-                .integration(&existing.integration_id)
-                .map_or("", |i| i.org.as_str()),
-        )
-    };
-    check_one(state, org, req, in_flight, owner_of, &mut queues)
+    check_one(
+        state,
+        org,
+        req,
+        in_flight,
+        |sid| owner(state, sid),
+        &mut queues,
+    )
+}
+
+/// The org holding `sender_id`, if any. A number whose integration is gone (a fleet race
+/// left it behind) is no one's: an import may take its place.
+fn owner<'s>(state: &'s State, sender_id: &str) -> Option<&'s str> {
+    let existing = state.numbers.get(sender_id)?;
+    state
+        .integration(&existing.integration_id)
+        .map(|i| i.org.as_str())
 }
 
 /// The queues an org uses, against `queues.max_per_org`: a queue is what a tenant names,
@@ -170,18 +179,15 @@ struct QueueBudget<'s> {
 }
 
 impl<'s> QueueBudget<'s> {
+    /// From the inventory's counts: a look at each of the org's integrations, not a walk
+    /// of the numbers.
     fn of(state: &'s State, org: &str, max: usize) -> QueueBudget<'s> {
-        let ids: HashSet<&str> = state
+        let used = state
             .integrations
             .iter()
             .filter(|i| i.org == org)
-            .map(|i| i.id.as_str())
-            .collect();
-        let used = state
-            .numbers
-            .iter()
-            .filter(|n| ids.contains(&*n.integration_id))
-            .map(|n| &*n.queue)
+            .filter_map(|i| state.numbers.use_of(&i.id))
+            .flat_map(|u| u.queues().map(|q| &**q))
             .collect();
         QueueBudget { used, max }
     }
@@ -199,7 +205,7 @@ impl<'s> QueueBudget<'s> {
 }
 
 /// Checks many imports as one: each against the state and the numbers before it in the
-/// list, with an index instead of a scan per number. The error carries the failing position.
+/// list. The error carries the failing position.
 pub(crate) fn check_bulk<'s>(
     state: &'s State,
     org: &str,
@@ -208,33 +214,16 @@ pub(crate) fn check_bulk<'s>(
     max_queues: usize,
 ) -> Result<Vec<Number>, (usize, ImportError)> {
     let mut queues = QueueBudget::of(state, org, max_queues);
-    let orgs: HashMap<&str, &str> = state
-        .integrations
-        .iter()
-        .map(|i| (i.id.as_str(), i.org.as_str()))
-        .collect();
-    let mut owners: HashMap<&str, &str> = state
-        .numbers
-        .iter()
-        .map(|n| {
-            (
-                &*n.sender_id,
-                orgs.get(&*n.integration_id).copied().unwrap_or(""),
-            )
-        })
-        .collect();
+    let mut earlier: HashSet<&str> = HashSet::with_capacity(reqs.len());
     let mut out = Vec::with_capacity(reqs.len());
     for (i, req) in reqs.iter().enumerate() {
-        let number = check_one(
-            state,
-            org,
-            req,
-            in_flight,
-            |sid| owners.get(sid).copied(),
-            &mut queues,
-        )
-        .map_err(|e| (i, e))?;
-        owners.insert(req.sender_id.as_str(), org);
+        let owner_of = |sid: &str| match earlier.contains(sid) {
+            true => Some(org),
+            false => owner(state, sid),
+        };
+        let number =
+            check_one(state, org, req, in_flight, owner_of, &mut queues).map_err(|e| (i, e))?;
+        earlier.insert(req.sender_id.as_str());
         out.push(number);
     }
     Ok(out)
@@ -276,18 +265,18 @@ fn check_one<'s, 'q>(
         });
     }
     queues.take(queue)?;
-    let status = match integration.status {
-        IntegrationStatus::Active => NumberStatus::Active,
-        IntegrationStatus::Inactive => NumberStatus::Disabled,
-    };
+    // Checked above: E.164 (at most 16 bytes) or a short code; an ISO alpha-2 region.
+    let sender_id = SenderId::new(&req.sender_id).ok_or(ImportError::SenderIdInvalid)?;
+    let country = Country::new(&country).ok_or(ImportError::CountryMismatch)?;
+    // Its own status: while the integration is inactive it shows `disabled` (State::shown).
     Ok(Number {
-        sender_id: req.sender_id.as_str().into(),
+        sender_id,
         kind: req.kind,
-        country: country.into(),
+        country,
         integration_id: integration.id.as_str().into(),
         queue: queue.into(),
-        status,
-        compliance: compliance.map(Box::new),
+        status: NumberStatus::Active,
+        compliance: compliance.map(Arc::new),
     })
 }
 
@@ -370,6 +359,7 @@ fn derive_country(sender_id: &str, code: u16) -> Option<String> {
 mod tests {
     use super::*;
     use crate::model::state::Integration;
+    use crate::model::state::IntegrationStatus;
 
     fn integration(id: &str, org: &str, status: IntegrationStatus) -> Integration {
         Integration {
@@ -455,10 +445,14 @@ mod tests {
     }
 
     #[test]
-    fn inactive_integration_imports_disabled() {
+    fn inactive_integration_imports_shown_disabled() {
         let mut r = req("+14155550100", NumberType::Mobile, None);
         r.integration_id = Some("int-off".into());
-        assert_eq!(check(&r).unwrap().status, NumberStatus::Disabled);
+        let n = check(&r).unwrap();
+        // Its own status is active; it shows (and is served) disabled while the
+        // integration is inactive, and active once it is re-activated.
+        assert_eq!(n.status, NumberStatus::Active);
+        assert_eq!(state().shown(&n).status, NumberStatus::Disabled);
     }
 
     #[test]

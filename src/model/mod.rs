@@ -3,5 +3,6 @@
 //! without importing the control plane that changes them.
 
 pub mod crypto;
+pub mod numbers;
 pub mod regions;
 pub mod state;

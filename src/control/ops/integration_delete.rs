@@ -9,7 +9,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, id: &str) -> Result<Applied<()>, OpError> {
     ctx.store.apply(|s| {
         find_own(s, ctx.org, id)?;
         s.integrations.retain(|i| i.id != id);
-        s.numbers.retain(|n| *n.integration_id != *id);
+        if s.numbers.count_of(id) > 0 {
+            s.numbers.retain(|n| *n.integration_id != *id);
+        }
         Ok(())
     })
 }

@@ -1,12 +1,13 @@
 //! `PATCH /api/v1/integrations/{id}`: name, notes, Auth Token, the rotation token and its
-//! promotion, and status. Deactivating disables the integration's numbers (the seed's
-//! cascade); re-activating makes them active again.
+//! promotion, and status. While an integration is inactive its numbers show and are
+//! served as disabled (the seed's cascade, resolved at lookup instead of written into
+//! each number); re-activating makes them active again.
 
 use super::rotation::{promote_next_auth_token, PROMOTE_WITH_TOKENS};
 use super::{find_own, Ctx, IntegrationInfo, OpError, SigningKeyInput};
 use crate::control::store::Applied;
 use crate::model::crypto::Secret;
-use crate::model::state::{IntegrationStatus, Number, NumberStatus, State};
+use crate::model::state::{IntegrationStatus, NumberStatus, State};
 use serde::Deserialize;
 
 /// The request body: an absent field is left alone, `null` clears it.
@@ -137,7 +138,9 @@ pub(crate) fn run(
         }
         if let Some(status) = req.status {
             i.status = status;
-            set_number_status(s, id, status);
+            if status == IntegrationStatus::Active {
+                enable_disabled_numbers(s, id);
+            }
         }
         Ok(IntegrationInfo::of(s, id).expect("found above"))
     })
@@ -170,20 +173,21 @@ fn check_tokens_with_twilio(
     Ok(())
 }
 
-/// Deactivation disables an integration's numbers; reactivation makes them active again.
-fn set_number_status(state: &mut State, integration_id: &str, status: IntegrationStatus) {
-    let (from, to) = match status {
-        IntegrationStatus::Inactive => (NumberStatus::Active, NumberStatus::Disabled),
-        IntegrationStatus::Active => (NumberStatus::Disabled, NumberStatus::Active),
-    };
-    let affected = |n: &Number| *n.integration_id == *integration_id && n.status == from;
-    // Writing copies a shared number list: only when a number really changes.
-    if !state.numbers.iter().any(affected) {
+/// Reactivation makes the integration's `disabled` numbers active again, as the seed's
+/// cascade did. Deactivation writes nothing into the numbers (they show `disabled` while
+/// the integration is inactive, `State::shown`), so only numbers disabled by an earlier
+/// version's cascade or by hand are left to change, and the counts say when there are
+/// none (the usual case: then this is one lookup, not a walk of the inventory).
+fn enable_disabled_numbers(state: &mut State, integration_id: &str) {
+    if state
+        .numbers
+        .use_of(integration_id)
+        .map_or(true, |u| u.disabled == 0)
+    {
         return;
     }
-    for n in state.numbers.iter_mut() {
-        if affected(n) {
-            n.status = to;
-        }
-    }
+    state.numbers.edit_where(
+        |n| *n.integration_id == *integration_id && n.status == NumberStatus::Disabled,
+        |n| n.status = NumberStatus::Active,
+    );
 }

@@ -6,15 +6,14 @@ use crate::control::store::Applied;
 /// Removes the org's number `sender_id`; another org's is not found.
 pub(crate) fn run(ctx: &Ctx<'_>, sender_id: &str) -> Result<Applied<()>, OpError> {
     ctx.store.apply(|s| {
-        let owned = s.numbers.iter().any(|n| {
-            *n.sender_id == *sender_id
-                && s.integration(&n.integration_id)
-                    .is_some_and(|i| i.org == ctx.org)
+        let owned = s.numbers.get(sender_id).is_some_and(|n| {
+            s.integration(&n.integration_id)
+                .is_some_and(|i| i.org == ctx.org)
         });
         if !owned {
             return Err(OpError::NotFound("number"));
         }
-        s.numbers.retain(|n| *n.sender_id != *sender_id);
+        s.numbers.remove(sender_id);
         Ok(())
     })
 }

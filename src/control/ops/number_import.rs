@@ -43,8 +43,9 @@ pub(crate) fn run(ctx: &Ctx<'_>, req: ImportRequest) -> Result<Applied<Number>, 
     drop(state);
     ctx.store.apply(|s| {
         let number = check_import(s, ctx.org, &req, &HashSet::new(), ctx.max_queues_per_org)?;
-        s.numbers.push(number.clone());
-        Ok(number)
+        let shown = s.shown(&number);
+        s.numbers.insert(number);
+        Ok(shown)
     })
 }
 

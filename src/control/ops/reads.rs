@@ -22,7 +22,8 @@ pub(crate) fn get_integration(ctx: &Ctx<'_>, id: &str) -> Result<IntegrationInfo
     Ok(IntegrationInfo::of(&state, id).expect("found above"))
 }
 
-/// The org's numbers, of one integration when `integration_id` is given.
+/// The org's numbers by sender ID, of one integration when `integration_id` is given,
+/// each with the status it shows (`disabled` while its integration is inactive).
 pub(crate) fn list_numbers(ctx: &Ctx<'_>, integration_id: Option<&str>) -> Vec<Number> {
     let state = ctx.store.snapshot();
     let own: HashSet<&str> = state
@@ -31,11 +32,12 @@ pub(crate) fn list_numbers(ctx: &Ctx<'_>, integration_id: Option<&str>) -> Vec<N
         .filter(|i| i.org == ctx.org)
         .map(|i| i.id.as_str())
         .collect();
-    state
+    let mut list: Vec<&Number> = state
         .numbers
         .iter()
         .filter(|n| own.contains(&*n.integration_id))
         .filter(|n| integration_id.map_or(true, |id| id == &*n.integration_id))
-        .cloned()
-        .collect()
+        .collect();
+    list.sort_unstable_by_key(|n| n.sender_id);
+    list.into_iter().map(|n| state.shown(n)).collect()
 }

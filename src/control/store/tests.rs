@@ -148,7 +148,7 @@ fn own_writes_are_not_reloaded_and_external_edits_are_judged_whole() {
 
     // A valid edit that did not bump the version still becomes the next one.
     let mut edited = store.snapshot();
-    edited.numbers.push(number("+14155550100"));
+    edited.numbers.insert(number("+14155550100"));
     edited.save(&path).unwrap();
     assert_eq!(store.sync_with_file().unwrap().unwrap(), 2);
     assert_eq!(store.snapshot().numbers.len(), 1);
@@ -197,11 +197,11 @@ fn apply_adopts_an_edit_the_watcher_has_not_seen_yet() {
     let sealed = k.seal(&Secret::new("tok"), "int-1").unwrap();
     let mut edited = State::default();
     edited.integrations.push(integration("int-1", sealed));
-    edited.numbers.push(number("+14155550100"));
+    edited.numbers.insert(number("+14155550100"));
     edited.save(&path).unwrap();
     store
         .apply(|s| -> Result<_, ChangeError> {
-            s.numbers.push(number("+14155550101"));
+            s.numbers.insert(number("+14155550101"));
             Ok(())
         })
         .unwrap();
@@ -235,7 +235,7 @@ fn small_changes_are_journaled_replayed_and_folded() {
     );
     store
         .apply(|s| -> Result<_, ChangeError> {
-            s.numbers.push(number("+14155550100"));
+            s.numbers.insert(number("+14155550100"));
             Ok(())
         })
         .unwrap();
@@ -307,15 +307,19 @@ fn small_changes_are_journaled_replayed_and_folded() {
     store
         .apply(|s| -> Result<_, ChangeError> {
             s.integrations[0].name = "fourth".into();
-            s.numbers.push(number("+14155550101"));
-            s.numbers.push(number("+14155550102"));
+            s.numbers.insert(number("+14155550101"));
+            s.numbers.insert(number("+14155550102"));
             Ok(())
         })
         .unwrap();
     store
         .apply(|s| -> Result<_, ChangeError> {
-            s.numbers.retain(|n| &*n.sender_id != "+14155550101");
-            s.numbers[0].queue = "moved".into();
+            s.numbers.remove("+14155550101");
+            let first = s.numbers.get("+14155550100").unwrap().clone();
+            s.numbers.insert(crate::model::state::Number {
+                queue: "moved".into(),
+                ..first
+            });
             Ok(())
         })
         .unwrap();
@@ -324,14 +328,19 @@ fn small_changes_are_journaled_replayed_and_folded() {
     drop(store);
     let store = open();
     assert_eq!(store.snapshot(), serving);
-    let numbers: Vec<_> = serving.numbers.iter().map(|n| &n.sender_id[..]).collect();
+    let numbers: Vec<_> = serving
+        .numbers
+        .sorted()
+        .iter()
+        .map(|n| &n.sender_id[..])
+        .collect();
     assert_eq!(numbers, ["+14155550100", "+14155550102"]);
 
     // A bulk change is written whole, and empties the journal.
     store
         .apply(|s| -> Result<_, ChangeError> {
             for i in 0..=file::JOURNAL_MAX_NUMBERS {
-                s.numbers.push(number(&format!("+1415600{i:04}")));
+                s.numbers.insert(number(&format!("+1415600{i:04}")));
             }
             Ok(())
         })

@@ -213,8 +213,16 @@ mod tests {
             "integration_id": "int-1", "queue": "q", "status": "active"},"#,
         );
         let err = parse_external(dup.as_bytes(), 1).unwrap_err();
-        assert_eq!(err.code(), "state_invalid");
-        assert!(err.to_string().contains("appears twice"), "{err}");
+        assert_eq!(
+            err.code(),
+            "parse_error",
+            "the inventory is a map: refused as it is read"
+        );
+        assert!(
+            err.to_string()
+                .contains("number +14155550100 appears twice"),
+            "{err}"
+        );
         let bad_sid = valid_json(1).replace(&format!("AC{}", "a".repeat(32)), "AC123");
         let err = parse_external(bad_sid.as_bytes(), 1).unwrap_err();
         assert!(err.to_string().contains("account_sid"), "{err}");

@@ -380,13 +380,16 @@ mod tests {
         let mut next = loaded.state.clone();
         next.version = 4;
         next.numbers.retain(|n| n.sender_id != num(1).sender_id);
-        next.numbers.push(num(7));
-        let delta = NumberDelta::between(&loaded.state.numbers, &next.numbers);
+        next.numbers.insert(num(7));
+        let delta = next.numbers.delta_from(&loaded.state.numbers);
         assert!(loaded.journal.append(&next, &loaded.base, &delta).unwrap());
         let prev = next.clone();
         next.version = 5;
-        next.numbers[0].queue = "other".into();
-        let delta = NumberDelta::between(&prev.numbers, &next.numbers);
+        next.numbers.insert(Number {
+            queue: "other".into(),
+            ..num(0)
+        });
+        let delta = next.numbers.delta_from(&prev.numbers);
         assert_eq!(delta.changed.len(), 1);
         assert!(loaded.journal.append(&next, &loaded.base, &delta).unwrap());
         let replayed = load(&file).unwrap();

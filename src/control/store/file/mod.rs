@@ -12,7 +12,7 @@ pub(crate) use edits::ReloadError;
 
 use super::change::{count_update, lock, Applied, ChangeError, Commit, Shared, StoreError};
 use crate::control::audit;
-use crate::model::state::{write_atomic, State, StateError};
+use crate::model::state::{write_atomic, Orphans, State, StateError};
 use edits::{decide, fingerprint, parse_external, Decision, FileMark, FileStamp, Fingerprint};
 use journal::Journal;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ impl FileStore {
         journal: &mut Journal,
         journal_on: Option<Fingerprint>,
     ) -> Result<Prepared, ChangeError> {
-        next.validate_change(prev)?;
+        next.validate_change(prev, Orphans::Refused)?;
         let commit = shared.prepare(next)?;
         // The snapshot just built asked for the same delta: this is a lookup.
         let delta = journal_on
@@ -186,20 +186,52 @@ impl FileStore {
 
     /// Writes journaled changes into the state file, if there are any and no change came
     /// for `idle`; true if it did. The file is then whole again for people to read and
-    /// edit. At a million numbers this writes over 100 MB, so it waits for a pause.
+    /// edit. At a million numbers this writes over 100 MB, so it waits for a pause, and
+    /// it encodes and writes from a copy of the state (a pointer copy) without the lock:
+    /// changes go on meanwhile. Only the rename into place is done under the lock, and
+    /// only if nothing changed since the copy (else the next pause folds again).
     pub(crate) fn fold_journal_if_idle(&self, idle: Duration) -> Result<bool, StateError> {
+        let (state, stamp) = {
+            let current = lock(&self.current);
+            if !current.journal.pending() || current.last_change.elapsed() < idle {
+                return Ok(false);
+            }
+            (current.state.clone(), current.mark.stamp)
+        };
+        let written = crate::background::run_nicer("journal-fold", || {
+            let bytes = state.encode();
+            let staged = crate::fsutil::stage(&self.path, &bytes, "fold");
+            (fingerprint(Some(&bytes)), staged)
+        });
+        let (known, staged) = match written {
+            (known, Ok(staged)) => (known, staged),
+            (_, Err(source)) => return Err(self.write_error(source)),
+        };
         let mut current = lock(&self.current);
-        if !current.journal.pending() || current.last_change.elapsed() < idle {
+        let unchanged = current.state.version == state.version
+            && current.journal.pending()
+            && FileStamp::at(&self.path) == stamp;
+        if !unchanged {
+            staged.discard();
             return Ok(false);
         }
-        let Current { state, journal, .. } = &mut *current;
-        let (known, stamp) =
-            crate::background::run_nicer("control-change", || self.write_whole(state, journal))?;
-        current.mark = FileMark::written(known, stamp);
+        let meta = staged.put_in_place().map_err(|e| self.write_error(e))?;
+        if let Err(e) = current.journal.clear() {
+            tracing::warn!(error = %e, path = %current.journal.path().display(),
+                "journal not emptied after the state file was written; its lines are stale");
+        }
+        current.mark = FileMark::written(known, FileStamp::of(&meta));
         tracing::info!(version = current.state.version, path = %self.path.display(),
             "journaled changes written into the state file");
         metrics::counter!("sms_ingress_control_journal_folds_total").increment(1);
         Ok(true)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> StateError {
+        StateError::Write {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// Brings the store in line with its file: nothing if the file holds what the store

@@ -11,7 +11,7 @@ pub(crate) mod watcher;
 
 use super::change::{count_update, lock, Applied, ChangeError, Readiness, Shared, StoreError};
 use crate::control::audit;
-use crate::model::state::State;
+use crate::model::state::{Orphans, State};
 use backend::{KvBackend, KvError};
 use records::{plan, Change, Mirror, Tolerated};
 use std::sync::{Arc, Mutex};
@@ -48,7 +48,9 @@ impl KvStore {
         absorb(shared, &mut mirror, changes);
         let (state, tolerated) = mirror.state();
         report_tolerated(tolerated);
-        state.validate().map_err(StoreError::Kv)?;
+        state
+            .validate_with(Orphans::Tolerated)
+            .map_err(StoreError::Kv)?;
         let commit = (shared.publisher)(&state).map_err(StoreError::Publish)?;
         commit();
         metrics::gauge!("sms_ingress_control_kv_synced").set(1.0);
@@ -107,7 +109,7 @@ impl KvStore {
         }
         let mut next = current.state.clone();
         let value = change(&mut next)?;
-        next.validate_change(&current.state)
+        next.validate_change(&current.state, Orphans::Refused)
             .map_err(ChangeError::from)?;
         // Proves the data plane can serve the result before anything is written.
         drop(shared.prepare(&next)?);
@@ -204,12 +206,13 @@ fn absorb(shared: &Shared, mirror: &mut Mirror, changes: &[Change]) -> usize {
 }
 
 /// Serves the mirror's state if it is valid and the data plane takes it; else the
-/// previous snapshot keeps serving (logged, counted, audited).
+/// previous snapshot keeps serving (logged, counted, audited). The mirror's number map is
+/// the state's (shared), so this checks and builds what changed since the serving state.
 fn serve_mirror(shared: &Shared, current: &mut Current) -> bool {
     let (next, tolerated) = current.mirror.state();
     report_tolerated(tolerated);
     let prepared = next
-        .validate()
+        .validate_change(&current.state, Orphans::Tolerated)
         .map_err(|e| ("state_invalid", e.to_string()))
         .and_then(|()| (shared.publisher)(&next).map_err(|e| ("publish_failed", e.to_string())));
     match prepared {
@@ -256,17 +259,14 @@ fn report(shared: &Shared, target: &str, result: Result<usize, &str>, code: &str
     });
 }
 
-/// Records left out or changed because writers raced across records (see `Mirror::state`).
+/// Records not served because writers raced across records (see `Mirror::state`).
 fn report_tolerated(t: Tolerated) {
     metrics::gauge!("sms_ingress_control_kv_tolerated", "reason" => "orphan_number")
         .set(t.orphan_numbers as f64);
-    metrics::gauge!("sms_ingress_control_kv_tolerated", "reason" => "active_under_inactive")
-        .set(t.active_under_inactive as f64);
     if t != Tolerated::default() {
         tracing::warn!(
             orphan_numbers = t.orphan_numbers,
-            active_under_inactive = t.active_under_inactive,
-            "control: concurrent writers left records that are served tolerantly"
+            "control: concurrent writers left numbers whose integration is gone; they are not served"
         );
     }
 }

@@ -9,7 +9,8 @@
 //! key.
 
 use crate::model::state::{
-    check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, State,
+    check_integration, check_number, Integration, IntegrationStatus, Number, NumberStatus, Numbers,
+    State,
 };
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
@@ -139,18 +140,17 @@ fn invalid(key: &str, e: crate::model::state::StateError) -> RecordError {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Mirror {
     integrations: BTreeMap<String, Integration>,
-    numbers: BTreeMap<String, Number>,
+    /// Every accepted number record: the served state's number map itself (shared).
+    numbers: Numbers,
     revisions: HashMap<String, u64>,
     last_revision: u64,
 }
 
-/// What the served view left out or changed because concurrent writers raced across records.
+/// What the served view does not serve because concurrent writers raced across records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Tolerated {
     /// Numbers whose integration is gone: not served (webhooks answer as unknown numbers).
     pub(crate) orphan_numbers: usize,
-    /// Active numbers of an inactive integration: served as disabled (dead-lettered).
-    pub(crate) active_under_inactive: usize,
 }
 
 impl Mirror {
@@ -200,35 +200,29 @@ impl Mirror {
                     return Err(RecordError::KeyMismatch(change.key.clone()));
                 }
                 check_number(&n).map_err(|e| invalid(&change.key, e))?;
-                self.numbers.insert(sid, n);
+                self.numbers.insert(n);
             }
         }
         Ok(true)
     }
 
-    /// The state to serve: every record, except that a number whose integration is gone is
-    /// left out and an active number of an inactive integration is served disabled.
+    /// The state to serve: every record. A number whose integration is gone (counted from
+    /// the inventory's per-integration counts, not a walk) stays in the map but is not
+    /// served: the snapshot finds no integration for it, and the API shows it to no org.
+    /// An active number of an inactive integration is served disabled, as everywhere.
     pub(crate) fn state(&self) -> (State, Tolerated) {
-        let mut tolerated = Tolerated::default();
-        let mut numbers = Vec::with_capacity(self.numbers.len());
-        for n in self.numbers.values() {
-            let Some(i) = self.integrations.get(&*n.integration_id) else {
-                tolerated.orphan_numbers += 1;
-                continue;
-            };
-            let mut n = n.clone();
-            if i.status == IntegrationStatus::Inactive && n.status == NumberStatus::Active {
-                n.status = NumberStatus::Disabled;
-                tolerated.active_under_inactive += 1;
-            }
-            numbers.push(n);
-        }
+        let orphan_numbers = self
+            .numbers
+            .integration_ids()
+            .filter(|id| !self.integrations.contains_key(&***id))
+            .map(|id| self.numbers.count_of(id))
+            .sum();
         let state = State {
             version: self.last_revision,
             integrations: self.integrations.values().cloned().collect(),
-            numbers: numbers.into(),
+            numbers: self.numbers.clone(),
         };
-        (state, tolerated)
+        (state, Tolerated { orphan_numbers })
     }
 }
 
@@ -261,9 +255,10 @@ fn put<T: serde::Serialize>(key: String, record: &T) -> Op {
 /// The writes that turn `old` into `new`, ordered so that every prefix leaves a valid state
 /// (if `old` and `new` are): integrations created or ending active first, then numbers
 /// deleted or ending not active, then numbers ending active, then integrations ending
-/// inactive, then integrations deleted. So a deactivation disables the numbers before the
-/// integration, a reactivation activates the integration before its numbers, and a delete
-/// removes the numbers before their integration.
+/// inactive, then integrations deleted. So a reactivation activates the integration before
+/// the numbers it re-enables, and a delete removes the numbers before their integration;
+/// a deactivation is the integration's record alone. The numbers come from the delta
+/// between the two inventories, so a plan costs what the change touched.
 pub(crate) fn plan(old: &State, new: &State) -> Vec<Op> {
     let old_i: HashMap<&str, &Integration> = old
         .integrations
@@ -275,18 +270,13 @@ pub(crate) fn plan(old: &State, new: &State) -> Vec<Op> {
         .iter()
         .map(|i| (i.id.as_str(), i))
         .collect();
-    let old_n: HashMap<&str, &Number> = old.numbers.iter().map(|n| (&*n.sender_id, n)).collect();
-    let new_n: HashMap<&str, &Number> = new.numbers.iter().map(|n| (&*n.sender_id, n)).collect();
+    let delta = new.numbers.delta_from(&old.numbers);
     let changed_i: Vec<&Integration> = new
         .integrations
         .iter()
         .filter(|i| old_i.get(i.id.as_str()) != Some(i))
         .collect();
-    let changed_n: Vec<&Number> = new
-        .numbers
-        .iter()
-        .filter(|n| old_n.get(&*n.sender_id) != Some(n))
-        .collect();
+    let changed_n: Vec<&Number> = delta.put().collect();
     let ends_active = |n: &&&Number| n.status == NumberStatus::Active;
     let is_new = |i: &&&Integration| !old_i.contains_key(i.id.as_str());
     let mut ops = Vec::new();
@@ -296,14 +286,9 @@ pub(crate) fn plan(old: &State, new: &State) -> Vec<Op> {
             .filter(|i| is_new(i) || i.status == IntegrationStatus::Active)
             .map(|i| put(integration_key(&i.id), *i)),
     );
-    ops.extend(
-        old.numbers
-            .iter()
-            .filter(|n| !new_n.contains_key(&*n.sender_id))
-            .map(|n| Op::Delete {
-                key: number_key(&n.sender_id),
-            }),
-    );
+    ops.extend(delta.removed.iter().map(|id| Op::Delete {
+        key: number_key(id),
+    }));
     ops.extend(
         changed_n
             .iter()
@@ -464,16 +449,15 @@ mod tests {
         m.apply(&put_change(number_key(&orphan.sender_id), 3, &orphan))
             .unwrap();
         let (s, t) = m.state();
-        assert_eq!(
-            t,
-            Tolerated {
-                orphan_numbers: 1,
-                active_under_inactive: 1
-            }
-        );
-        assert_eq!(s.numbers.len(), 1);
-        assert_eq!(s.numbers[0].status, NumberStatus::Disabled);
-        assert!(s.validate().is_ok());
+        assert_eq!(t, Tolerated { orphan_numbers: 1 });
+        // The orphan stays in the map (no walk to drop it) but no org sees or serves it.
+        assert_eq!(s.numbers.len(), 2);
+        assert!(s.validate().is_err());
+        assert!(s
+            .validate_with(crate::model::state::Orphans::Tolerated)
+            .is_ok());
+        let racing = s.numbers.get("+14155550100").unwrap();
+        assert_eq!(s.shown(racing).status, NumberStatus::Disabled);
     }
 
     fn state(integrations: Vec<Integration>, numbers: Vec<Number>) -> State {
@@ -519,7 +503,6 @@ mod tests {
         s.version = new.version;
         let mut want = new.clone();
         want.integrations.sort_by(|a, b| a.id.cmp(&b.id));
-        want.numbers.sort_by(|a, b| a.sender_id.cmp(&b.sender_id));
         assert_eq!(s, want);
         ops.iter().map(|o| o.key().to_string()).collect()
     }
@@ -533,20 +516,28 @@ mod tests {
         let a = "+14155550100";
         let b = "+14155550101";
         let live = state(vec![active.clone()], vec![on(a), on(b)]);
-        let dead = state(vec![inactive.clone()], vec![off(a), off(b)]);
-
+        let dead = state(vec![inactive.clone()], vec![on(a), on(b)]);
         let keys = assert_every_prefix_valid(&live, &dead);
         assert_eq!(
-            keys.last().unwrap(),
-            &integration_key("int-1"),
-            "deactivate: numbers first"
+            keys,
+            vec![integration_key("int-1")],
+            "deactivate: one record"
         );
         let keys = assert_every_prefix_valid(&dead, &live);
+        assert_eq!(
+            keys,
+            vec![integration_key("int-1")],
+            "reactivate: one record"
+        );
+        // Numbers an earlier version's cascade disabled: re-enabled after the integration.
+        let legacy = state(vec![inactive.clone()], vec![off(a), off(b)]);
+        let keys = assert_every_prefix_valid(&legacy, &live);
         assert_eq!(
             keys[0],
             integration_key("int-1"),
             "reactivate: integration first"
         );
+        assert_eq!(keys.len(), 3);
         let keys = assert_every_prefix_valid(&live, &State::default());
         assert_eq!(
             keys.last().unwrap(),
