@@ -55,18 +55,38 @@ pub struct Snapshot {
     /// By integration id: its entry and its queues, each reused from the previous
     /// snapshot while its record and queue names are unchanged.
     integrations: HashMap<Box<str>, Arc<Routes>, Hasher>,
+    /// Every queue a number routes to, by the address of the queue name the numbers
+    /// hold: the inventory keeps one copy of each integration's queue names
+    /// (`model::numbers` interns them), so an address names one integration's queue and
+    /// a lookup hashes a pointer instead of two strings.
+    by_queue: HashMap<usize, Route, Hasher>,
     /// Short codes' compiled keyword replies, shared while no short code changed.
     compliance: Arc<HashMap<SenderId, Arc<CompiledCompliance>, Hasher>>,
     /// The state's own number map, shared with it: a snapshot adds nothing per number.
     numbers: Numbers,
 }
 
-/// What an integration's numbers route with: its entry and its queues by name.
+/// What an integration's numbers route with: its entry and its queues.
 struct Routes {
     /// The record the entry was opened from (to tell whether the next state changed it).
     source: Integration,
     entry: Arc<IntegrationEntry>,
-    queues: HashMap<Box<str>, Arc<QueueHandle>, Hasher>,
+    /// The queue names its numbers hold (the inventory's one copy of each), kept so the
+    /// addresses below stay theirs while these routes live.
+    names: Vec<Text>,
+    /// Queue handles by the address of the queue name the numbers hold.
+    queues: HashMap<usize, Arc<QueueHandle>, Hasher>,
+}
+
+/// Where a number's webhooks go: its integration and its queue.
+struct Route {
+    integration: Arc<IntegrationEntry>,
+    queue: Arc<QueueHandle>,
+}
+
+/// The address a shared name is looked up by.
+fn address(name: &Text) -> usize {
+    Arc::as_ptr(name).cast::<u8>() as usize
 }
 
 /// Why a state could not become a snapshot; the change is rejected and the old snapshot serves.
@@ -85,6 +105,7 @@ impl Snapshot {
             version: 0,
             built_at: SystemTime::now(),
             integrations: HashMap::default(),
+            by_queue: HashMap::default(),
             compliance: Arc::default(),
             numbers: Numbers::default(),
         }
@@ -116,6 +137,20 @@ impl Snapshot {
             let routes = routes(i, &state.numbers, key, dispatcher, before)?;
             integrations.insert(Box::from(i.id.as_str()), routes);
         }
+        let by_queue = state
+            .numbers
+            .integration_ids()
+            .filter_map(|id| integrations.get(&**id))
+            .flat_map(|r| {
+                r.queues.iter().map(|(at, queue)| {
+                    let route = Route {
+                        integration: Arc::clone(&r.entry),
+                        queue: Arc::clone(queue),
+                    };
+                    (*at, route)
+                })
+            })
+            .collect();
         let compliance = match prev {
             Some(p) => compliance_after(&p.compliance, &state.numbers.delta_from(&p.numbers)),
             None => Arc::new(
@@ -130,26 +165,26 @@ impl Snapshot {
             version: state.version,
             built_at: SystemTime::now(),
             integrations,
+            by_queue,
             compliance,
             numbers: state.numbers.clone(),
         })
     }
 
     /// The entry of one of our numbers, as Twilio writes it in `To`/`From`: one probe of
-    /// the number map, then its integration's and queue's (small) tables. A number whose
-    /// integration is not in the snapshot (a fleet race) is not served.
+    /// the number map, then one of the (small) table of queues by address. A number
+    /// whose integration is not in the snapshot (a fleet race) is not served.
     pub fn lookup(&self, number: &str) -> Option<NumberEntry> {
         let id = SenderId::new(number)?;
         let n = self.numbers.get_id(&id)?;
-        let routes = self.integrations.get(&*n.integration_id)?;
-        let queue = routes.queues.get(&*n.queue)?;
+        let route = self.by_queue.get(&address(&n.queue))?;
         let compliance = match n.compliance {
             Some(_) => self.compliance.get(&id).cloned(),
             None => None,
         };
         Some(NumberEntry {
-            integration: Arc::clone(&routes.entry),
-            queue: Arc::clone(queue),
+            integration: Arc::clone(&route.integration),
+            queue: Arc::clone(&route.queue),
             routing: match n.status {
                 NumberStatus::Active => Routing::Active,
                 NumberStatus::Disabled => Routing::Disabled,
@@ -175,9 +210,9 @@ impl Snapshot {
     }
 }
 
-/// An integration's routes: `before`'s when neither its record nor its queue names
-/// changed; else its entry (reused if the record is the same) and a handle per queue
-/// (reused where `before` had it).
+/// An integration's routes: `before`'s when neither its record nor its queue names (the
+/// very same shared copies) changed; else its entry (reused if the record is the same)
+/// and a handle per queue (reused where `before` had the name).
 fn routes(
     i: &Integration,
     numbers: &Numbers,
@@ -185,22 +220,29 @@ fn routes(
     dispatcher: &Dispatcher,
     before: Option<&Arc<Routes>>,
 ) -> Result<Arc<Routes>, BuildError> {
-    let names: Vec<&Text> = numbers
+    let names: Vec<Text> = numbers
         .use_of(&i.id)
-        .map(|u| u.queues().collect())
+        .map(|u| u.queues().cloned().collect())
         .unwrap_or_default();
-    if let Some(b) = before.filter(|b| b.source == *i) {
-        if b.queues.len() == names.len() && names.iter().all(|q| b.queues.contains_key(&***q)) {
+    let same_record = before.filter(|b| b.source == *i);
+    if let Some(b) = same_record {
+        let same_names = b.names.len() == names.len()
+            && names.iter().all(|q| b.queues.contains_key(&address(q)));
+        if same_names {
             return Ok(Arc::clone(b));
         }
     }
-    let entry = match before.filter(|b| b.source == *i) {
+    let entry = match same_record {
         Some(b) => Arc::clone(&b.entry),
         None => Arc::new(integration_entry(i, key)?),
     };
     let mut queues = HashMap::with_capacity_and_hasher(names.len(), Hasher);
-    for q in names {
-        let handle = match before.and_then(|b| b.queues.get(&**q)) {
+    for q in &names {
+        let known = before.and_then(|b| {
+            let at = b.names.iter().position(|n| **n == **q)?;
+            b.queues.get(&address(&b.names[at]))
+        });
+        let handle = match known {
             Some(h) => Arc::clone(h),
             None => {
                 let name = format!("{}/{q}", i.org);
@@ -212,11 +254,12 @@ fn routes(
                     })?
             }
         };
-        queues.insert(Box::from(&**q), handle);
+        queues.insert(address(q), handle);
     }
     Ok(Arc::new(Routes {
         source: i.clone(),
         entry,
+        names,
         queues,
     }))
 }

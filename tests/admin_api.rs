@@ -66,10 +66,16 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(|_| State::default()).await
+    }
+
+    /// Starts on the state file `initial` writes (given the harness's master key).
+    async fn start_with(initial: impl FnOnce(&MasterKey) -> State) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let state_file = dir.path().join("state.json");
         let sock = dir.path().join("admin.sock");
         let key = Arc::new(MasterKey::from_base64(&MasterKey::generate_base64().unwrap()).unwrap());
+        initial(&key).save(&state_file).unwrap();
         let live = Arc::new(Mutex::new(Vec::new()));
         let refuse = Arc::new(AtomicBool::new(false));
         let publisher: Publisher = {
@@ -195,6 +201,66 @@ fn compliance() -> Value {
         "opt_out": {"keywords": ["STOP"], "message": "You are unsubscribed."},
         "re_opt_in": {"keywords": ["START"], "message": "You are subscribed again."},
     })
+}
+
+/// Deactivation writes the integration's record alone: its numbers keep their own status
+/// in the state and show `disabled` while it is inactive. Reactivation also re-enables
+/// numbers an earlier version's cascade wrote `disabled` (a state file from before).
+#[tokio::test]
+async fn status_is_data_and_a_reactivation_reenables_numbers_an_old_cascade_disabled() {
+    use sms_ingress::model::state::{IntegrationStatus, Number, NumberStatus, Numbers};
+    use sms_ingress_testkit::fixtures;
+    let h = Harness::start_with(|key| State {
+        version: 3,
+        integrations: vec![sms_ingress::model::state::Integration {
+            status: IntegrationStatus::Inactive,
+            auth_token: key
+                .seal(
+                    &sms_ingress::model::crypto::Secret::new(AUTH_TOKEN),
+                    "int-1",
+                )
+                .unwrap(),
+            ..fixtures::integration("int-1", "org-a")
+        }],
+        numbers: ["+14155550100", "+14155550101"]
+            .into_iter()
+            .map(|s| Number {
+                status: NumberStatus::Disabled,
+                ..fixtures::number(s)
+            })
+            .collect(),
+    })
+    .await;
+    let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
+    assert_eq!(statuses(&numbers), vec!["disabled"; 2]);
+    let patch = |status: &str| json!({ "status": status });
+    let path = "/api/v1/integrations/int-1";
+    let (status, _) = h
+        .call(Method::PATCH, path, ADMIN_A, Some(patch("active")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
+    assert_eq!(statuses(&numbers), vec!["active"; 2]);
+
+    let (status, _) = h
+        .call(Method::PATCH, path, ADMIN_A, Some(patch("inactive")))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
+    assert_eq!(statuses(&numbers), vec!["disabled"; 2]);
+    let live = h.live.lock().unwrap().clone();
+    let (before, after) = (&live[live.len() - 2], &live[live.len() - 1]);
+    assert_eq!(after.integrations[0].status, IntegrationStatus::Inactive);
+    assert!(
+        Numbers::same(&before.numbers, &after.numbers),
+        "a deactivation touches no number"
+    );
+    let on_disk = State::load(&h.state_file).unwrap();
+    assert_eq!(on_disk.integrations[0].status, IntegrationStatus::Inactive);
+    assert!(on_disk
+        .numbers
+        .iter()
+        .all(|n| n.status == NumberStatus::Active));
 }
 
 fn statuses(numbers: &Value) -> Vec<String> {

@@ -11,9 +11,8 @@
 //! one shared copy of each integration id and queue name (interned).
 
 use serde::{Deserialize, Serialize};
-use std::borrow::Borrow;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher as _};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher as _};
 use std::sync::{Arc, OnceLock};
 
 /// One Twilio sender imported into the SMS number inventory.
@@ -105,15 +104,40 @@ impl SenderId {
     pub const MAX_LEN: usize = 16;
 
     /// `s` as a sender ID; `None` when empty, longer than `MAX_LEN` or holding a NUL
-    /// (no valid sender ID is).
+    /// (no valid sender ID is). Built in registers and stored with one 16-byte write:
+    /// this runs on every webhook, before its lookup reads the ID back whole.
     pub fn new(s: &str) -> Option<SenderId> {
         let b = s.as_bytes();
-        if b.is_empty() || b.len() > Self::MAX_LEN || b.contains(&0) {
+        let len = b.len();
+        if len == 0 || len > Self::MAX_LEN {
             return None;
         }
-        let mut id = [0u8; Self::MAX_LEN];
-        id[..b.len()].copy_from_slice(b);
-        Some(SenderId(id))
+        let word = if len >= 8 {
+            let lo = u64::from_le_bytes(b[..8].try_into().ok()?);
+            // The last 8 bytes, shifted so that bytes 8.. land at the bottom.
+            let hi = match len {
+                8 => 0,
+                _ => u64::from_le_bytes(b[len - 8..].try_into().ok()?) >> (8 * (16 - len)),
+            };
+            u128::from(lo) | u128::from(hi) << 64
+        } else {
+            b.iter()
+                .enumerate()
+                .fold(0u128, |w, (i, &c)| w | u128::from(c) << (8 * i))
+        };
+        // A zero byte among the first `len` (SWAR: a borrow only runs upwards, into
+        // the padding, from a byte that really is zero).
+        let ones = u128::from_le_bytes([1; 16]);
+        let zeros = word.wrapping_sub(ones) & !word & (ones << 7);
+        let within = if len == 16 {
+            !0
+        } else {
+            (1u128 << (8 * len)) - 1
+        };
+        if zeros & within != 0 {
+            return None;
+        }
+        Some(SenderId(word.to_le_bytes()))
     }
 
     /// The sender ID as text.
@@ -258,36 +282,161 @@ impl BuildHasher for Hasher {
     }
 }
 
-/// A number in a shard: hashed and compared by its sender ID alone.
-#[derive(Clone)]
-struct Entry(Number);
-
-impl Hash for Entry {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.0.sender_id.hash(h)
-    }
+/// One shard: its numbers packed in a vector, and an open-addressing table (linear
+/// probing, at most half full) of 4-byte slots, each a 12-bit tag of the hash and the
+/// number's position: a number costs its 64 bytes and 8-16 more, and a lookup reads the
+/// shard's header, one slot and the number (the tag rules out almost every other
+/// number without reading it). Copying a shard is two flat copies.
+#[derive(Clone, Default)]
+struct Shard {
+    numbers: Vec<Number>,
+    /// `0`: empty; else `tag << POS_BITS | position + 1`. A power of two long, or empty.
+    slots: Box<[u32]>,
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.sender_id == other.0.sender_id
-    }
+/// Bits of a slot that hold a position (plus one): a shard holds fewer than 2^20 numbers
+/// (about four billion in all).
+const POS_BITS: u32 = 20;
+const POS_MASK: u32 = (1 << POS_BITS) - 1;
+
+/// The hash of a sender ID: the shard, the home slot and the tag from disjoint bits.
+fn hash_of(id: &SenderId) -> u64 {
+    Hasher.hash_one(id)
 }
 
-impl Eq for Entry {}
-
-impl Borrow<SenderId> for Entry {
-    fn borrow(&self) -> &SenderId {
-        &self.0.sender_id
-    }
+/// Which shard a hash falls in (bits 32-43; the home slot uses the low bits, the tag the
+/// top 12).
+fn shard_of_hash(hash: u64) -> usize {
+    ((hash >> 32) as usize) & (SHARDS - 1)
 }
 
-type Shard = HashSet<Entry, Hasher>;
-
-/// Which shard holds `id`: bits the shard's own table uses neither for its bucket (low
-/// bits) nor for its tags (top 7), so numbers spread evenly inside a shard too.
 fn shard_of(id: &SenderId) -> usize {
-    ((Hasher.hash_one(id) >> 32) as usize) & (SHARDS - 1)
+    shard_of_hash(hash_of(id))
+}
+
+fn tag_of(hash: u64) -> u32 {
+    (hash >> 52) as u32
+}
+
+impl Shard {
+    fn with_capacity(n: usize) -> Shard {
+        Shard {
+            numbers: Vec::with_capacity(n),
+            slots: vec![0; table_len(n)].into_boxed_slice(),
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    /// The slot index and position of `id`, if the shard holds it.
+    fn find(&self, hash: u64, id: &SenderId) -> Option<(usize, usize)> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let (mask, tag) = (self.mask(), tag_of(hash));
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return None;
+            }
+            let at = (slot & POS_MASK) as usize - 1;
+            if slot >> POS_BITS == tag && self.numbers[at].sender_id == *id {
+                return Some((i, at));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn get(&self, hash: u64, id: &SenderId) -> Option<&Number> {
+        self.find(hash, id).map(|(_, at)| &self.numbers[at])
+    }
+
+    /// Puts `n` in, replacing the number with its sender ID; returns the one replaced.
+    fn replace(&mut self, hash: u64, n: Number) -> Option<Number> {
+        if let Some((_, at)) = self.find(hash, &n.sender_id) {
+            return Some(std::mem::replace(&mut self.numbers[at], n));
+        }
+        assert!(
+            self.numbers.len() < POS_MASK as usize - 1,
+            "a shard of the number inventory is full"
+        );
+        if (self.numbers.len() + 1) * 2 > self.slots.len() {
+            self.rehash(table_len(self.numbers.len() + 1));
+        }
+        self.numbers.push(n);
+        self.place(hash, self.numbers.len() - 1);
+        None
+    }
+
+    /// Takes the number with this sender ID out; the last number moves into its place.
+    fn take(&mut self, hash: u64, id: &SenderId) -> Option<Number> {
+        let (i, at) = self.find(hash, id)?;
+        self.vacate(i);
+        let last = self.numbers.len() - 1;
+        if at != last {
+            let moved = hash_of(&self.numbers[last].sender_id);
+            let (j, _) = self
+                .find(moved, &self.numbers[last].sender_id)
+                .expect("every number has its slot");
+            self.slots[j] = tag_of(moved) << POS_BITS | (at as u32 + 1);
+        }
+        Some(self.numbers.swap_remove(at))
+    }
+
+    /// Writes position `at` (hash `hash`) into the first free slot from its home.
+    fn place(&mut self, hash: u64, at: usize) {
+        let mask = self.mask();
+        let mut i = hash as usize & mask;
+        while self.slots[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = tag_of(hash) << POS_BITS | (at as u32 + 1);
+    }
+
+    /// Empties slot `i` and shifts back the slots after it that probed past it, so no
+    /// lookup stops early at the hole (backward-shift deletion).
+    fn vacate(&mut self, mut hole: usize) {
+        let mask = self.mask();
+        self.slots[hole] = 0;
+        let mut i = hole;
+        loop {
+            i = (i + 1) & mask;
+            let slot = self.slots[i];
+            if slot == 0 {
+                return;
+            }
+            let at = (slot & POS_MASK) as usize - 1;
+            let home = hash_of(&self.numbers[at].sender_id) as usize & mask;
+            // Stays if its home lies cyclically in (hole, i]: the hole is not on its path.
+            let stays = if hole <= i {
+                hole < home && home <= i
+            } else {
+                hole < home || home <= i
+            };
+            if !stays {
+                self.slots[hole] = slot;
+                self.slots[i] = 0;
+                hole = i;
+            }
+        }
+    }
+
+    /// A table of `len` slots holding every number again.
+    fn rehash(&mut self, len: usize) {
+        self.slots = vec![0; len].into_boxed_slice();
+        for at in 0..self.numbers.len() {
+            let hash = hash_of(&self.numbers[at].sender_id);
+            self.place(hash, at);
+        }
+    }
+}
+
+/// Slots for `n` numbers: a power of two, at least twice `n` (and 8).
+fn table_len(n: usize) -> usize {
+    (n * 2).next_power_of_two().max(8)
 }
 
 /// How one integration uses the inventory: what the admin API shows and checks without
@@ -362,6 +511,41 @@ impl NumberDelta {
 }
 
 impl Numbers {
+    /// An inventory of `list`, each shard sized once for what it holds (a load of a
+    /// million numbers leaves no grown-out tables behind); a sender ID listed twice is
+    /// returned as the error.
+    pub fn from_list(list: Vec<Number>) -> Result<Numbers, SenderId> {
+        match Numbers::sized(list) {
+            (numbers, None) => Ok(numbers),
+            (_, Some(twice)) => Err(twice),
+        }
+    }
+
+    /// `list`'s inventory (a sender ID listed twice keeps its last number) and the first
+    /// sender ID listed twice.
+    fn sized(list: Vec<Number>) -> (Numbers, Option<SenderId>) {
+        let mut counts = vec![0usize; SHARDS];
+        for n in &list {
+            counts[shard_of(&n.sender_id)] += 1;
+        }
+        let shards = counts
+            .iter()
+            .map(|&c| (c > 0).then(|| Arc::new(Shard::with_capacity(c))))
+            .collect();
+        let mut numbers = Numbers {
+            shards: Some(Arc::new(shards)),
+            ..Numbers::default()
+        };
+        let mut twice = None;
+        for n in list {
+            let id = n.sender_id;
+            if numbers.insert(n).is_some() {
+                twice = twice.or(Some(id));
+            }
+        }
+        (numbers, twice)
+    }
+
     /// Whether both are the very same version (no number changed between them).
     pub fn same(a: &Numbers, b: &Numbers) -> bool {
         match (&a.shards, &b.shards) {
@@ -388,8 +572,9 @@ impl Numbers {
 
     /// The number with this sender ID: one hash, one shard, one probe.
     pub fn get_id(&self, id: &SenderId) -> Option<&Number> {
-        let shard = self.shards.as_ref()?[shard_of(id)].as_ref()?;
-        shard.get(id).map(|e| &e.0)
+        let hash = hash_of(id);
+        let shard = self.shards.as_ref()?[shard_of_hash(hash)].as_ref()?;
+        shard.get(hash, id)
     }
 
     /// Whether the inventory holds this sender ID.
@@ -403,7 +588,7 @@ impl Numbers {
             .iter()
             .flat_map(|s| s.iter())
             .flatten()
-            .flat_map(|shard| shard.iter().map(|e| &e.0))
+            .flat_map(|shard| shard.numbers.iter())
     }
 
     /// Every number, by sender ID (the order the state file and the API list them in).
@@ -433,7 +618,8 @@ impl Numbers {
         self.intern(&mut n);
         self.count(&n, true);
         let id = n.sender_id;
-        let old = self.shard_mut(&id).replace(Entry(n)).map(|e| e.0);
+        let hash = hash_of(&id);
+        let old = self.shard_mut(hash).replace(hash, n);
         match &old {
             Some(o) => self.count(o, false),
             None => self.len += 1,
@@ -449,7 +635,8 @@ impl Numbers {
     /// Removes the number with this sender ID; returns it.
     pub fn remove_id(&mut self, id: &SenderId) -> Option<Number> {
         self.get_id(id)?;
-        let old = self.shard_mut(id).take(id)?.0;
+        let hash = hash_of(id);
+        let old = self.shard_mut(hash).take(hash, id)?;
         self.len -= 1;
         self.count(&old, false);
         Some(old)
@@ -496,17 +683,18 @@ impl Numbers {
                 }
             }
             let (a, b) = (a.map_or(&empty, |s| &**s), b.map_or(&empty, |s| &**s));
-            for e in b {
-                match a.get(&e.0.sender_id) {
-                    None => delta.appended.push(e.0.clone()),
-                    Some(o) if o.0 != e.0 => delta.changed.push(e.0.clone()),
+            for n in &b.numbers {
+                match a.get(hash_of(&n.sender_id), &n.sender_id) {
+                    None => delta.appended.push(n.clone()),
+                    Some(o) if o != n => delta.changed.push(n.clone()),
                     Some(_) => {}
                 }
             }
             delta.removed.extend(
-                a.iter()
-                    .filter(|e| !b.contains(&e.0.sender_id))
-                    .map(|e| e.0.sender_id),
+                a.numbers
+                    .iter()
+                    .filter(|n| b.get(hash_of(&n.sender_id), &n.sender_id).is_none())
+                    .map(|n| n.sender_id),
             );
         }
         delta.removed.sort_unstable();
@@ -520,11 +708,11 @@ impl Numbers {
     }
 
     /// The shard of `id`, copied first if another version shares it.
-    fn shard_mut(&mut self, id: &SenderId) -> &mut Shard {
+    fn shard_mut(&mut self, hash: u64) -> &mut Shard {
         let shards = self
             .shards
             .get_or_insert_with(|| Arc::new(vec![None; SHARDS]));
-        let slot = &mut Arc::make_mut(shards)[shard_of(id)];
+        let slot = &mut Arc::make_mut(shards)[shard_of_hash(hash)];
         Arc::make_mut(slot.get_or_insert_with(Arc::default))
     }
 
@@ -590,11 +778,10 @@ impl PartialEq for Numbers {
     }
 }
 
+/// A sender ID listed twice keeps its last number.
 impl FromIterator<Number> for Numbers {
     fn from_iter<I: IntoIterator<Item = Number>>(iter: I) -> Self {
-        let mut numbers = Numbers::default();
-        numbers.extend(iter);
-        numbers
+        Numbers::sized(iter.into_iter().collect()).0
     }
 }
 
@@ -606,6 +793,7 @@ impl Extend<Number> for Numbers {
     }
 }
 
+/// A sender ID listed twice keeps its last number.
 impl From<Vec<Number>> for Numbers {
     fn from(list: Vec<Number>) -> Self {
         list.into_iter().collect()
@@ -630,16 +818,12 @@ impl<'de> Deserialize<'de> for Numbers {
                 self,
                 mut seq: A,
             ) -> Result<Numbers, A::Error> {
-                let mut numbers = Numbers::default();
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0));
                 while let Some(n) = seq.next_element::<Number>()? {
-                    let id = n.sender_id;
-                    if numbers.insert(n).is_some() {
-                        return Err(serde::de::Error::custom(format!(
-                            "number {id} appears twice"
-                        )));
-                    }
+                    list.push(n);
                 }
-                Ok(numbers)
+                Numbers::from_list(list)
+                    .map_err(|id| serde::de::Error::custom(format!("number {id} appears twice")))
             }
         }
         d.deserialize_seq(List)
@@ -672,6 +856,16 @@ mod tests {
         );
         assert!(SenderId::new("+1555123456789012").is_none(), "17 bytes");
         assert!(SenderId::new("").is_none() && SenderId::new("1\0").is_none());
+        for len in 1..=16 {
+            let s: String = (0..len).map(|i| char::from(b'1' + (i % 9) as u8)).collect();
+            assert_eq!(SenderId::new(&s).unwrap().as_str(), s, "length {len}");
+            for at in 0..len {
+                let mut with_nul = s.clone().into_bytes();
+                with_nul[at] = 0;
+                let with_nul = String::from_utf8(with_nul).unwrap();
+                assert!(SenderId::new(&with_nul).is_none(), "NUL at {at} of {len}");
+            }
+        }
         assert!(
             SenderId::from("12345") < SenderId::from("123456"),
             "string order"
@@ -731,6 +925,87 @@ mod tests {
         delta.apply(&mut replayed);
         assert_eq!(replayed, next);
         assert!(next.delta_from(&next.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_random_walk_agrees_with_a_plain_map_and_every_delta_replays() {
+        // Few shards' worth of numbers, so removals move numbers inside shards often.
+        let mut model = std::collections::BTreeMap::new();
+        let mut numbers = Numbers::default();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for step in 0..400 {
+            let prev = numbers.clone();
+            for _ in 0..=rnd(40) {
+                let n = Number {
+                    queue: format!("q{}", rnd(3)).into(),
+                    ..num(rnd(20_000))
+                };
+                if rnd(3) == 0 {
+                    assert_eq!(numbers.remove_id(&n.sender_id), model.remove(&n.sender_id));
+                } else {
+                    assert_eq!(numbers.insert(n.clone()), model.insert(n.sender_id, n));
+                }
+            }
+            assert_eq!(numbers.len(), model.len());
+            let mut replayed = prev.clone();
+            numbers.delta_from(&prev).apply(&mut replayed);
+            assert_eq!(replayed, numbers, "step {step}");
+        }
+        for (id, n) in &model {
+            assert_eq!(numbers.get_id(id), Some(n));
+        }
+        let listed: Vec<SenderId> = numbers.sorted().iter().map(|n| n.sender_id).collect();
+        assert_eq!(listed, model.keys().copied().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn one_crowded_shard_finds_every_number_through_inserts_and_removals() {
+        // Every number in one shard, its table at most half full: long probe runs and
+        // many backward shifts, checked against a plain map after each step.
+        let mut shard = Shard::default();
+        let mut model = std::collections::HashMap::new();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for step in 0..6_000 {
+            let n = num(rnd(3_000));
+            let hash = hash_of(&n.sender_id);
+            if rnd(5) < 2 {
+                let taken = shard.take(hash, &n.sender_id).map(|t| t.sender_id);
+                assert_eq!(
+                    taken,
+                    model.remove(&n.sender_id).map(|()| n.sender_id),
+                    "step {step}"
+                );
+            } else {
+                let old = shard.replace(hash, n.clone()).map(|o| o.sender_id);
+                assert_eq!(old, model.insert(n.sender_id, ()).map(|_| n.sender_id));
+            }
+            assert_eq!(shard.numbers.len(), model.len());
+            assert!(shard.numbers.len() * 2 <= shard.slots.len());
+            if step % 500 == 0 {
+                for id in model.keys() {
+                    assert!(shard.get(hash_of(id), id).is_some(), "{id} lost at {step}");
+                }
+            }
+        }
+        for i in 0..3_000 {
+            let id = num(i).sender_id;
+            assert_eq!(
+                shard.get(hash_of(&id), &id).is_some(),
+                model.contains_key(&id)
+            );
+        }
     }
 
     #[test]
