@@ -59,6 +59,7 @@ impl FileStore {
         let loaded = journal::load(&path)?;
         let commit = (shared.publisher)(&loaded.state).map_err(StoreError::Publish)?;
         commit();
+        crate::background::release_freed_memory();
         let mark = FileMark {
             known: loaded.base,
             rejected: None,
@@ -224,6 +225,8 @@ impl FileStore {
         tracing::info!(version = current.state.version, path = %self.path.display(),
             "journaled changes written into the state file");
         metrics::counter!("sms_ingress_control_journal_folds_total").increment(1);
+        drop(current);
+        crate::background::release_freed_memory();
         Ok(true)
     }
 
