@@ -75,10 +75,18 @@ impl Envelope {
     /// `MessageSid`, and `MessageStatus` for reports — scoped by the account, so one
     /// tenant can never suppress another's message by reusing its `MessageSid`.
     pub fn dedup_key(&self) -> String {
-        match &self.message_status {
-            Some(st) => format!("{}:{}:{}", self.account_sid, self.message_sid, st),
-            None => format!("{}:{}", self.account_sid, self.message_sid),
+        // Pushed, not format!ted: this runs on every webhook.
+        let status = self.message_status.as_deref();
+        let len = self.account_sid.len() + self.message_sid.len() + status.map_or(0, str::len) + 2;
+        let mut key = String::with_capacity(len);
+        key.push_str(&self.account_sid);
+        key.push(':');
+        key.push_str(&self.message_sid);
+        if let Some(st) = status {
+            key.push(':');
+            key.push_str(st);
         }
+        key
     }
 }
 

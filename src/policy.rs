@@ -102,8 +102,8 @@ impl Dedup {
             .is_some_and(|at| at.elapsed() < self.window)
     }
 
-    /// Records a key once its envelope is durable.
-    pub(crate) fn accepted(&self, key: &str) {
+    /// Records a key once its envelope is durable (taken whole: no copy per webhook).
+    pub(crate) fn accepted(&self, key: impl Into<Box<str>>) {
         self.seen.insert(key.into(), Instant::now());
     }
 

@@ -271,19 +271,20 @@ impl Webhook {
             );
             Outcome::Rejected(StatusCode::FORBIDDEN, reason)
         };
-        let token_names = || {
+        // Named only when a request is refused (the diagnostics ring), not on every one.
+        let token_names = || -> Vec<String> {
             ["auth_token", "next_auth_token"][..entry.integration.keys.len().min(2)]
                 .iter()
                 .map(|n| n.to_string())
-                .collect::<Vec<_>>()
+                .collect()
         };
         let Some(signature) = parts.headers.get("x-twilio-signature") else {
             return refuse("signature_missing", Vec::new());
         };
         // A SharedKey (Twilio's Webhooks configuration API) signs when the settings header
         // names one; else the Auth Tokens with HMAC-SHA1.
-        let (keys, keys_tried) = match settings {
-            None => (&entry.integration.keys[..], token_names()),
+        let (keys, shared_key) = match settings {
+            None => (&entry.integration.keys[..], None),
             Some(settings) => {
                 if !settings.is_hmac_sha256() {
                     return refuse("signature_algorithm_unsupported", Vec::new());
@@ -296,16 +297,20 @@ impl Webhook {
                 let Some((id, key)) = named else {
                     return refuse("signature_key_unknown", Vec::new());
                 };
-                (std::slice::from_ref(key), vec![id.to_string()])
+                (std::slice::from_ref(key), Some(&**id))
             }
+        };
+        let keys_tried = || match shared_key {
+            Some(id) => vec![id.to_string()],
+            None => token_names(),
         };
         let Some(url_index) =
             crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
         else {
-            return refuse("signature_invalid", keys_tried);
+            return refuse("signature_invalid", keys_tried());
         };
         if !account_matched {
-            return refuse("account_mismatch", keys_tried);
+            return refuse("account_mismatch", keys_tried());
         }
         let message_status = match kind {
             Kind::Status => form.get("MessageStatus").map(str::to_owned),
@@ -330,7 +335,7 @@ impl Webhook {
             compliance: compliance.as_ref().map(|(a, _)| *a),
             idempotency_token: header_string(&parts.headers, "i-twilio-idempotency-token"),
             signature: String::from_utf8_lossy(signature.as_bytes()).into_owned(),
-            signed_url: format!("{}{suffix}", self.url_bases[url_index]),
+            signed_url: [self.url_bases[url_index].as_str(), suffix].concat(),
             body: body.clone(),
         };
         if envelope.encoded_len() > crate::sink::MAX_RECORD_BYTES {
@@ -353,7 +358,7 @@ impl Webhook {
         if acked.await != Ok(true) {
             return Outcome::Unavailable("sink_unavailable");
         }
-        self.dedup.accepted(&dedup_key);
+        self.dedup.accepted(dedup_key);
         match compliance {
             Some((action, reply)) => {
                 metrics::counter!("sms_ingress_compliance_replies_total", "action" => action.as_str()).increment(1);
@@ -376,7 +381,7 @@ impl Webhook {
             tracing::warn!(reason, error = %e, "dead letter not stored");
             return Outcome::Unavailable(e.reason());
         }
-        self.dedup.accepted(&dedup_key);
+        self.dedup.accepted(dedup_key);
         Outcome::DeadLetter {
             reason,
             duplicate: false,

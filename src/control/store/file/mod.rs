@@ -56,6 +56,9 @@ impl FileStore {
     pub(crate) fn open(path: PathBuf, shared: &Shared) -> Result<FileStore, StoreError> {
         // Exported from the start (0 until the first fold), so dashboards see it.
         metrics::counter!("sms_ingress_control_journal_folds_total").increment(0);
+        // Taken before reading: if the file changes meanwhile, the first change reads it
+        // again; if not, the first change need not read and hash the whole file.
+        let stamp = FileStamp::at(&path);
         let loaded = journal::load(&path)?;
         let commit = (shared.publisher)(&loaded.state).map_err(StoreError::Publish)?;
         commit();
@@ -63,7 +66,7 @@ impl FileStore {
         let mark = FileMark {
             known: loaded.base,
             rejected: None,
-            stamp: None,
+            stamp,
         };
         Ok(FileStore {
             path,
