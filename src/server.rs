@@ -288,6 +288,7 @@ pub async fn run(cfg: Config, config_path: PathBuf, log_reload: LogReload) -> an
     let store = Arc::new(store.with_audit(audit));
     let watch_file = cfg.control.watch_state_file;
     let _file_watch = store.spawn_followers(kv_watch, watch_file)?;
+    crate::control::import::warm_up();
     let vendor = crate::control::vendor::TwilioClient::from_config(&cfg.control)?.map(Arc::new);
     let admin_api = Arc::new(
         AdminApi::new(store, &cfg.control.admin_tokens, region, dead_letters)?

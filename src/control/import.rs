@@ -11,6 +11,17 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+/// Loads the phone-number metadata the country checks read (tens of milliseconds, once),
+/// on a low-priority thread at start, so the first import does not wait for it.
+pub(crate) fn warm_up() {
+    let loaded = crate::background::spawn_nicer("phone-metadata", || {
+        let _ = DATABASE.by_id("US");
+    });
+    if let Err(e) = loaded {
+        tracing::debug!(error = %e, "phone-number metadata is loaded by the first import instead");
+    }
+}
+
 /// Queue used when an import names none.
 pub(crate) const DEFAULT_QUEUE: &str = "default";
 
