@@ -71,11 +71,9 @@ struct Routes {
     /// The record the entry was opened from (to tell whether the next state changed it).
     source: Integration,
     entry: Arc<IntegrationEntry>,
-    /// The queue names its numbers hold (the inventory's one copy of each), kept so the
-    /// addresses below stay theirs while these routes live.
-    names: Vec<Text>,
-    /// Queue handles by the address of the queue name the numbers hold.
-    queues: HashMap<usize, Arc<QueueHandle>, Hasher>,
+    /// Queue handles by the address of the queue name the numbers hold, with that name
+    /// (the inventory's one copy), so the address stays its own while these routes live.
+    queues: HashMap<usize, (Text, Arc<QueueHandle>), Hasher>,
 }
 
 /// Where a number's webhooks go: its integration and its queue.
@@ -142,7 +140,7 @@ impl Snapshot {
             .integration_ids()
             .filter_map(|id| integrations.get(&**id))
             .flat_map(|r| {
-                r.queues.iter().map(|(at, queue)| {
+                r.queues.iter().map(|(at, (_, queue))| {
                     let route = Route {
                         integration: Arc::clone(&r.entry),
                         queue: Arc::clone(queue),
@@ -226,7 +224,7 @@ fn routes(
         .unwrap_or_default();
     let same_record = before.filter(|b| b.source == *i);
     if let Some(b) = same_record {
-        let same_names = b.names.len() == names.len()
+        let same_names = b.queues.len() == names.len()
             && names.iter().all(|q| b.queues.contains_key(&address(q)));
         if same_names {
             return Ok(Arc::clone(b));
@@ -237,13 +235,16 @@ fn routes(
         None => Arc::new(integration_entry(i, key)?),
     };
     let mut queues = HashMap::with_capacity_and_hasher(names.len(), Hasher);
-    for q in &names {
+    for q in names {
+        // Usually the very same copy of the name; else (its numbers went and came back)
+        // the same text.
         let known = before.and_then(|b| {
-            let at = b.names.iter().position(|n| **n == **q)?;
-            b.queues.get(&address(&b.names[at]))
+            b.queues
+                .get(&address(&q))
+                .or_else(|| b.queues.values().find(|(n, _)| **n == *q))
         });
         let handle = match known {
-            Some(h) => Arc::clone(h),
+            Some((_, h)) => Arc::clone(h),
             None => {
                 let name = format!("{}/{q}", i.org);
                 dispatcher
@@ -254,12 +255,11 @@ fn routes(
                     })?
             }
         };
-        queues.insert(address(q), handle);
+        queues.insert(address(&q), (q, handle));
     }
     Ok(Arc::new(Routes {
         source: i.clone(),
         entry,
-        names,
         queues,
     }))
 }

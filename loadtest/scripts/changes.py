@@ -33,11 +33,12 @@ import http.client
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import time
 from urllib.parse import quote
+
+from patcher import UnixConnection  # beside this script
 
 NUMBER = "+14159999990"
 QUEUE = "loadtest-0"
@@ -45,22 +46,9 @@ PAUSE = 0.05
 KINDS = ("import", "delete", "deactivate", "activate")
 
 
-class UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket; http.client keeps it alive between requests."""
-
-    def __init__(self, path):
-        super().__init__("admin", timeout=120)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 class Admin:
     def __init__(self, sock, token):
-        self.conn = UnixConnection(sock)
+        self.conn = UnixConnection(sock, timeout=120)
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         self.connects = 0  # connections opened (1 if keep-alive held throughout)
 

@@ -19,12 +19,15 @@ from urllib.parse import quote
 
 
 class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("admin")
+    """HTTP/1.1 over the admin Unix socket; http.client keeps it alive between requests."""
+
+    def __init__(self, path, timeout=None):
+        super().__init__("admin", timeout=timeout)
         self.unix_path = path
 
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
         self.sock.connect(self.unix_path)
 
 

@@ -148,20 +148,6 @@ impl SenderId {
     }
 }
 
-impl std::ops::Deref for SenderId {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-/// For literals in tests and tools; input from outside goes through `SenderId::new`.
-impl From<&str> for SenderId {
-    fn from(s: &str) -> SenderId {
-        SenderId::new(s).unwrap_or_else(|| panic!("{s:?} is not a sender ID"))
-    }
-}
-
 /// For literals in tests and tools; input from outside goes through `SenderId::new`.
 impl From<String> for SenderId {
     fn from(s: String) -> SenderId {
@@ -175,33 +161,9 @@ impl std::fmt::Display for SenderId {
     }
 }
 
-impl std::fmt::Debug for SenderId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
 impl PartialEq<str> for SenderId {
     fn eq(&self, other: &str) -> bool {
         self.as_str() == other
-    }
-}
-
-impl Serialize for SenderId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SenderId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        SenderId::new(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "sender_id {s:?} must be 1-{} bytes (E.164 or a short code)",
-                SenderId::MAX_LEN
-            ))
-        })
     }
 }
 
@@ -226,42 +188,57 @@ impl Country {
     }
 }
 
-impl std::ops::Deref for Country {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
+/// What the inline text types share: read as `&str`, printed and (de)serialised as a
+/// string, and a value `new` refuses is an error naming the field and its rule (a panic
+/// for `From`, which is for literals in tests and tools).
+macro_rules! inline_text {
+    ($ty:ident, $field:literal, $rule:literal) => {
+        impl std::ops::Deref for $ty {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.as_str()
+            }
+        }
+
+        impl From<&str> for $ty {
+            fn from(s: &str) -> $ty {
+                $ty::new(s).unwrap_or_else(|| panic!(concat!($field, " {:?} ", $rule), s))
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(self.as_str(), f)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                $ty::new(&s).ok_or_else(|| {
+                    serde::de::Error::custom(format!(concat!($field, " {:?} ", $rule), s))
+                })
+            }
+        }
+    };
 }
 
-/// For literals in tests and tools; input from outside goes through `Country::new`.
-impl From<&str> for Country {
-    fn from(s: &str) -> Country {
-        Country::new(s).unwrap_or_else(|| panic!("{s:?} is not an ISO 3166 alpha-2 country"))
-    }
-}
-
-impl std::fmt::Debug for Country {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl Serialize for Country {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Country {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Country::new(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "country {s:?} must be an ISO 3166 alpha-2 code (two letters)"
-            ))
-        })
-    }
-}
+inline_text!(
+    SenderId,
+    "sender_id",
+    "must be 1-16 bytes (E.164 or a short code)"
+);
+inline_text!(
+    Country,
+    "country",
+    "must be an ISO 3166 alpha-2 code (two letters)"
+);
 
 /// One hash for every inventory in the process (a seed drawn at start), so that two
 /// versions put a number in the same shard and can be compared shard by shard. Keys are
@@ -927,18 +904,22 @@ mod tests {
         assert!(next.delta_from(&next.clone()).is_empty());
     }
 
+    /// A fixed pseudo-random sequence: `rnd(n)` is below `n`.
+    fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        }
+    }
+
     #[test]
     fn a_random_walk_agrees_with_a_plain_map_and_every_delta_replays() {
         // Few shards' worth of numbers, so removals move numbers inside shards often.
         let mut model = std::collections::BTreeMap::new();
         let mut numbers = Numbers::default();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = xorshift(0x2545_f491_4f6c_dd1du64);
         for step in 0..400 {
             let prev = numbers.clone();
             for _ in 0..=rnd(40) {
@@ -970,13 +951,7 @@ mod tests {
         // many backward shifts, checked against a plain map after each step.
         let mut shard = Shard::default();
         let mut model = std::collections::HashMap::new();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for step in 0..6_000 {
             let n = num(rnd(3_000));
             let hash = hash_of(&n.sender_id);
