@@ -368,13 +368,13 @@ fn route_now(snapshot: &Snapshot, envelope: &Envelope) -> Target {
     let Some(entry) = snapshot.lookup(&envelope.number) else {
         return Target::Skip;
     };
-    if entry.integration.id != envelope.integration_id {
+    if entry.integration().id != envelope.integration_id {
         return Target::Skip;
     }
-    if !entry.integration.active || entry.routing != Routing::Active {
+    if !entry.integration().active || entry.routing != Routing::Active {
         return Target::Wait;
     }
-    Target::Queue(entry.queue.clone())
+    Target::Queue(entry.queue().clone())
 }
 
 /// Submits a batch in order, then waits for every ack; returns the handled spans.

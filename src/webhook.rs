@@ -246,10 +246,10 @@ impl Webhook {
             .get("x-twilio-webhooks-signature-settings")
             .map(|h| crate::signature::SignatureSettings::parse(h.to_str().unwrap_or_default()));
         let account_sid = form.get("AccountSid").unwrap_or_default();
-        let account_matched = account_sid == &*entry.integration.account_sid;
+        let account_matched = account_sid == &*entry.integration().account_sid;
         let refuse = |reason: &'static str, keys_tried: Vec<String>| {
             self.rejections.record(
-                &entry.integration.id,
+                &entry.integration().id,
                 crate::rejections::Rejection {
                     at: humantime::format_rfc3339_millis(received_at).to_string(),
                     number: number.to_owned(),
@@ -273,7 +273,7 @@ impl Webhook {
         };
         // Named only when a request is refused (the diagnostics ring), not on every one.
         let token_names = || -> Vec<String> {
-            ["auth_token", "next_auth_token"][..entry.integration.keys.len().min(2)]
+            ["auth_token", "next_auth_token"][..entry.integration().keys.len().min(2)]
                 .iter()
                 .map(|n| n.to_string())
                 .collect()
@@ -284,13 +284,13 @@ impl Webhook {
         // A SharedKey (Twilio's Webhooks configuration API) signs when the settings header
         // names one; else the Auth Tokens with HMAC-SHA1.
         let (keys, shared_key) = match settings {
-            None => (&entry.integration.keys[..], None),
+            None => (&entry.integration().keys[..], None),
             Some(settings) => {
                 if !settings.is_hmac_sha256() {
                     return refuse("signature_algorithm_unsupported", Vec::new());
                 }
                 let named = entry
-                    .integration
+                    .integration()
                     .signing_keys
                     .iter()
                     .find(|(id, _)| Some(&**id) == settings.key);
@@ -323,9 +323,9 @@ impl Webhook {
         let envelope = Envelope {
             kind,
             received_at_ms: unix_ms(received_at),
-            org: entry.integration.org.clone(),
-            integration_id: entry.integration.id.clone(),
-            queue: entry.queue.queue().clone(),
+            org: entry.integration().org.clone(),
+            integration_id: entry.integration().id.clone(),
+            queue: entry.queue().queue().clone(),
             number: number.to_owned(),
             from: form.get("From").unwrap_or_default().to_owned(),
             to: form.get("To").unwrap_or_default().to_owned(),
@@ -349,7 +349,7 @@ impl Webhook {
         if self.dedup.is_duplicate(&dedup_key) {
             return Outcome::Duplicate;
         }
-        let acked = match entry.queue.try_submit(envelope) {
+        let acked = match entry.queue().try_submit(envelope) {
             Ok(rx) => rx,
             Err(SubmitError::Full) => return Outcome::Unavailable("queue_full"),
             Err(SubmitError::DiskFull) => return Outcome::Unavailable("queue_disk_full"),
@@ -495,7 +495,7 @@ impl RequestMetrics {
 
 /// Why a verified webhook is dropped (answered 200, not routed), if it is.
 fn drop_reason(entry: &NumberEntry) -> Option<&'static str> {
-    if !entry.integration.active {
+    if !entry.integration().active {
         return Some("integration_inactive");
     }
     match entry.routing {

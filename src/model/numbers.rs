@@ -96,8 +96,15 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// A sender ID held inline (E.164 is at most 16 bytes, a short code 6): no allocation,
 /// no pointer to follow on a lookup, and 16 bytes to hash. Shorter IDs are padded with
 /// NUL bytes, so the byte order is the string order.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SenderId([u8; SenderId::MAX_LEN]);
+
+/// One 16-byte word, not a length and sixteen bytes.
+impl std::hash::Hash for SenderId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_le_bytes(self.0));
+    }
+}
 
 impl SenderId {
     /// The longest sender ID the inventory holds, in bytes.
@@ -263,11 +270,13 @@ impl BuildHasher for Hasher {
 /// probing, at most half full) of 4-byte slots, each a 12-bit tag of the hash and the
 /// number's position: a number costs its 64 bytes and 8-16 more, and a lookup reads the
 /// shard's header, one slot and the number (the tag rules out almost every other
-/// number without reading it). Copying a shard is two flat copies.
+/// number without reading it). A shard of at most `SCANNED` numbers has no table.
+/// Copying a shard is two flat copies.
 #[derive(Clone, Default)]
 struct Shard {
     numbers: Vec<Number>,
-    /// `0`: empty; else `tag << POS_BITS | position + 1`. A power of two long, or empty.
+    /// `0`: empty; else `tag << POS_BITS | position + 1`. A power of two long, or empty
+    /// (while the shard has held at most `SCANNED` numbers).
     slots: Box<[u32]>,
 }
 
@@ -276,9 +285,32 @@ struct Shard {
 const POS_BITS: u32 = 20;
 const POS_MASK: u32 = (1 << POS_BITS) - 1;
 
+/// Every shard of one version, by index: the array sits in the `Arc`'s own allocation,
+/// so a lookup follows one pointer to reach its shard's.
+type ShardTable = [Option<Arc<Shard>>; SHARDS];
+
+fn empty_table() -> Arc<ShardTable> {
+    Arc::new([const { None }; SHARDS])
+}
+
 /// The hash of a sender ID: the shard, the home slot and the tag from disjoint bits.
+/// The ID's two words folded with the process's keys (foldhash's mixing, without the
+/// general `Hasher` path's length prefix and byte loop): this runs on every webhook.
 fn hash_of(id: &SenderId) -> u64 {
-    Hasher.hash_one(id)
+    static KEYS: OnceLock<[u64; 3]> = OnceLock::new();
+    let [k0, k1, k2] = *KEYS.get_or_init(|| {
+        let keys = std::collections::hash_map::RandomState::new();
+        [0u8, 1, 2].map(|i| keys.hash_one(i))
+    });
+    let word = u128::from_le_bytes(id.0);
+    let folded = folded_multiply(word as u64 ^ k0, (word >> 64) as u64 ^ k1);
+    folded_multiply(folded ^ k2, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// The 128-bit product of `a` and `b`, its halves xored (foldhash's mixing step).
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    product as u64 ^ (product >> 64) as u64
 }
 
 /// Which shard a hash falls in (bits 32-43; the home slot uses the low bits, the tag the
@@ -299,7 +331,10 @@ impl Shard {
     fn with_capacity(n: usize) -> Shard {
         Shard {
             numbers: Vec::with_capacity(n),
-            slots: vec![0; table_len(n)].into_boxed_slice(),
+            slots: match n > SCANNED {
+                true => vec![0; table_len(n)].into_boxed_slice(),
+                false => Box::default(),
+            },
         }
     }
 
@@ -307,10 +342,13 @@ impl Shard {
         self.slots.len().wrapping_sub(1)
     }
 
-    /// The slot index and position of `id`, if the shard holds it.
+    /// The slot index and position of `id`, if the shard holds it; a shard without a
+    /// table is scanned (the slot index is then meaningless).
+    #[inline]
     fn find(&self, hash: u64, id: &SenderId) -> Option<(usize, usize)> {
         if self.slots.is_empty() {
-            return None;
+            let at = self.numbers.iter().position(|n| n.sender_id == *id)?;
+            return Some((usize::MAX, at));
         }
         let (mask, tag) = (self.mask(), tag_of(hash));
         let mut i = hash as usize & mask;
@@ -327,6 +365,7 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn get(&self, hash: u64, id: &SenderId) -> Option<&Number> {
         self.find(hash, id).map(|(_, at)| &self.numbers[at])
     }
@@ -340,19 +379,23 @@ impl Shard {
             self.numbers.len() < POS_MASK as usize - 1,
             "a shard of the number inventory is full"
         );
-        if (self.numbers.len() + 1) * 2 > self.slots.len() {
-            self.rehash(table_len(self.numbers.len() + 1));
-        }
         self.numbers.push(n);
-        self.place(hash, self.numbers.len() - 1);
+        if self.numbers.len() * 2 > self.slots.len() && self.numbers.len() > SCANNED {
+            self.rehash(table_len(self.numbers.len()));
+        } else if !self.slots.is_empty() {
+            self.place(hash, self.numbers.len() - 1);
+        }
         None
     }
 
     /// Takes the number with this sender ID out; the last number moves into its place.
     fn take(&mut self, hash: u64, id: &SenderId) -> Option<Number> {
         let (i, at) = self.find(hash, id)?;
-        self.vacate(i);
         let last = self.numbers.len() - 1;
+        if self.slots.is_empty() {
+            return Some(self.numbers.swap_remove(at));
+        }
+        self.vacate(i);
         if at != last {
             let moved = hash_of(&self.numbers[last].sender_id);
             let (j, _) = self
@@ -411,6 +454,10 @@ impl Shard {
     }
 }
 
+/// Up to this many numbers a shard has no table and a lookup compares each sender ID:
+/// in a small inventory, where a shard holds one or two, that saves a lookup a read.
+const SCANNED: usize = 4;
+
 /// Slots for `n` numbers: a power of two, at least twice `n` (and 8).
 fn table_len(n: usize) -> usize {
     (n * 2).next_power_of_two().max(8)
@@ -439,7 +486,7 @@ impl IntegrationUse {
 #[derive(Clone, Default)]
 pub struct Numbers {
     /// `None` until the first number: an empty inventory allocates nothing.
-    shards: Option<Arc<Vec<Option<Arc<Shard>>>>>,
+    shards: Option<Arc<ShardTable>>,
     len: usize,
     uses: Arc<HashMap<Text, Arc<IntegrationUse>, Hasher>>,
 }
@@ -505,12 +552,13 @@ impl Numbers {
         for n in &list {
             counts[shard_of(&n.sender_id)] += 1;
         }
-        let shards = counts
-            .iter()
-            .map(|&c| (c > 0).then(|| Arc::new(Shard::with_capacity(c))))
-            .collect();
+        let mut shards = empty_table();
+        let table = Arc::get_mut(&mut shards).expect("just made");
+        for (shard, &c) in table.iter_mut().zip(&counts) {
+            *shard = (c > 0).then(|| Arc::new(Shard::with_capacity(c)));
+        }
         let mut numbers = Numbers {
-            shards: Some(Arc::new(shards)),
+            shards: Some(shards),
             ..Numbers::default()
         };
         let mut twice = None;
@@ -548,6 +596,7 @@ impl Numbers {
     }
 
     /// The number with this sender ID: one hash, one shard, one probe.
+    #[inline]
     pub fn get_id(&self, id: &SenderId) -> Option<&Number> {
         let hash = hash_of(id);
         let shard = self.shards.as_ref()?[shard_of_hash(hash)].as_ref()?;
@@ -686,9 +735,7 @@ impl Numbers {
 
     /// The shard of `id`, copied first if another version shares it.
     fn shard_mut(&mut self, hash: u64) -> &mut Shard {
-        let shards = self
-            .shards
-            .get_or_insert_with(|| Arc::new(vec![None; SHARDS]));
+        let shards = self.shards.get_or_insert_with(empty_table);
         let slot = &mut Arc::make_mut(shards)[shard_of_hash(hash)];
         Arc::make_mut(slot.get_or_insert_with(Arc::default))
     }
@@ -967,7 +1014,10 @@ mod tests {
                 assert_eq!(old, model.insert(n.sender_id, ()).map(|_| n.sender_id));
             }
             assert_eq!(shard.numbers.len(), model.len());
-            assert!(shard.numbers.len() * 2 <= shard.slots.len());
+            assert!(
+                shard.numbers.len() * 2 <= shard.slots.len()
+                    || shard.slots.is_empty() && shard.numbers.len() <= SCANNED
+            );
             if step % 500 == 0 {
                 for id in model.keys() {
                     assert!(shard.get(hash_of(id), id).is_some(), "{id} lost at {step}");
