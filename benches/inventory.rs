@@ -3,7 +3,8 @@
 //! measured as the store runs it without the disk: copy the serving state, change it,
 //! validate the change, take the delta a journal line holds, and build the next snapshot
 //! from the serving one. Before the groups run, the heap bytes each number costs (state
-//! and snapshot, shared) are counted with a counting allocator and printed. Lookups are
+//! and snapshot, shared) are counted with a counting allocator and printed, for an
+//! inventory loaded whole and for one built by imports as `sms-loadtest setup` does. Lookups are
 //! `hot_path`'s `snapshot/lookup_hit_*`. Not run in CI.
 //!
 //! `cargo bench --bench inventory` (add `-- change/import` to run one group).
@@ -90,6 +91,24 @@ fn bytes_per_number() {
         "inventory/bytes_per_number_{n}: {:.1} B (state and snapshot; {} bytes live)",
         (after - before) as f64 / n as f64,
         after - before
+    );
+    drop((snap, st, d));
+    // As `sms-loadtest setup` builds it: 20 imports of 50,000 through the admin API, each
+    // on a copy of the previous version (which is then dropped).
+    let before = LIVE.load(Ordering::Relaxed);
+    let (mut st, mk, d) = state(0);
+    for chunk in 0..20 {
+        let mut next = st.clone();
+        for i in chunk * 50_000..(chunk + 1) * 50_000 {
+            next.numbers.insert(number(i, "int-1"));
+        }
+        st = next;
+    }
+    let snap = Snapshot::build(&st, &mk, &d).unwrap();
+    let after = LIVE.load(Ordering::Relaxed);
+    println!(
+        "inventory/bytes_per_number_{n}_imported: {:.1} B (20 imports of 50,000)",
+        (after - before) as f64 / n as f64,
     );
     drop((snap, st, d));
 }

@@ -382,6 +382,12 @@ impl Shard {
             self.numbers.len() < POS_MASK as usize - 1,
             "a shard of the number inventory is full"
         );
+        if self.numbers.len() == self.numbers.capacity() {
+            // An eighth more, not twice: a copied shard starts full (a clone's capacity
+            // is its length), so doubling left a bulk-imported inventory's shards about
+            // half empty (131 live bytes per number at 1M against 73 for a loaded one).
+            self.numbers.reserve_exact((self.numbers.len() / 8).max(4));
+        }
         self.numbers.push(n);
         if self.numbers.len() * 2 > self.slots.len() && self.numbers.len() > SCANNED {
             self.rehash(table_len(self.numbers.len()));
