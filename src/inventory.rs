@@ -4,7 +4,7 @@
 
 use crate::dispatch::{Dispatcher, QueueHandle};
 use crate::model::crypto::{CryptoError, MasterKey};
-use crate::model::numbers::Hasher;
+use crate::model::numbers::{folded_multiply, Hasher};
 use crate::model::state::{
     Integration, IntegrationStatus, Number, NumberDelta, NumberStatus, Numbers, SenderId, State,
     Text,
@@ -127,8 +127,7 @@ impl ByQueue {
 
     /// The product's halves folded, so aligned addresses' zero low bits still spread.
     fn home(at: usize, mask: usize) -> usize {
-        let product = (at as u128) * 0x9e37_79b9_7f4a_7c15;
-        (product as u64 ^ (product >> 64) as u64) as usize & mask
+        folded_multiply(at as u64, 0x9e37_79b9_7f4a_7c15) as usize & mask
     }
 
     fn get(&self, at: usize) -> Option<&Arc<Route>> {
@@ -186,7 +185,8 @@ impl Snapshot {
         dispatcher: &Dispatcher,
         prev: Option<&Snapshot>,
     ) -> Result<Snapshot, BuildError> {
-        let mut integrations = HashMap::with_capacity_and_hasher(state.integrations.len(), Hasher);
+        let mut integrations =
+            HashMap::with_capacity_and_hasher(state.integrations.len(), Hasher::default());
         for i in &state.integrations {
             let before = prev.and_then(|p| p.integrations.get(i.id.as_str()));
             let routes = routes(i, &state.numbers, key, dispatcher, before)?;
@@ -291,7 +291,7 @@ fn routes(
         Some(b) => Arc::clone(&b.entry),
         None => Arc::new(integration_entry(i, key)?),
     };
-    let mut queues = HashMap::with_capacity_and_hasher(names.len(), Hasher);
+    let mut queues = HashMap::with_capacity_and_hasher(names.len(), Hasher::default());
     for q in names {
         // Usually the very same copy of the name; else (its numbers went and came back)
         // the same text.

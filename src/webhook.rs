@@ -245,11 +245,12 @@ impl Webhook {
             .headers
             .get("x-twilio-webhooks-signature-settings")
             .map(|h| crate::signature::SignatureSettings::parse(h.to_str().unwrap_or_default()));
+        let integration = entry.integration();
         let account_sid = form.get("AccountSid").unwrap_or_default();
-        let account_matched = account_sid == &*entry.integration().account_sid;
+        let account_matched = account_sid == &*integration.account_sid;
         let refuse = |reason: &'static str, keys_tried: Vec<String>| {
             self.rejections.record(
-                &entry.integration().id,
+                &integration.id,
                 crate::rejections::Rejection {
                     at: humantime::format_rfc3339_millis(received_at).to_string(),
                     number: number.to_owned(),
@@ -271,26 +272,18 @@ impl Webhook {
             );
             Outcome::Rejected(StatusCode::FORBIDDEN, reason)
         };
-        // Named only when a request is refused (the diagnostics ring), not on every one.
-        let token_names = || -> Vec<String> {
-            ["auth_token", "next_auth_token"][..entry.integration().keys.len().min(2)]
-                .iter()
-                .map(|n| n.to_string())
-                .collect()
-        };
         let Some(signature) = parts.headers.get("x-twilio-signature") else {
             return refuse("signature_missing", Vec::new());
         };
         // A SharedKey (Twilio's Webhooks configuration API) signs when the settings header
         // names one; else the Auth Tokens with HMAC-SHA1.
         let (keys, shared_key) = match settings {
-            None => (&entry.integration().keys[..], None),
+            None => (&integration.keys[..], None),
             Some(settings) => {
                 if !settings.is_hmac_sha256() {
                     return refuse("signature_algorithm_unsupported", Vec::new());
                 }
-                let named = entry
-                    .integration()
+                let named = integration
                     .signing_keys
                     .iter()
                     .find(|(id, _)| Some(&**id) == settings.key);
@@ -300,9 +293,15 @@ impl Webhook {
                 (std::slice::from_ref(key), Some(&**id))
             }
         };
-        let keys_tried = || match shared_key {
-            Some(id) => vec![id.to_string()],
-            None => token_names(),
+        // Named only when a request is refused (the diagnostics ring), not on every one.
+        let keys_tried = || -> Vec<String> {
+            match shared_key {
+                Some(id) => vec![id.to_string()],
+                None => ["auth_token", "next_auth_token"][..integration.keys.len().min(2)]
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect(),
+            }
         };
         let Some(url_index) =
             crate::signature::verify(&self.url_bases, suffix, &form, keys, signature.as_bytes())
@@ -323,8 +322,8 @@ impl Webhook {
         let envelope = Envelope {
             kind,
             received_at_ms: unix_ms(received_at),
-            org: entry.integration().org.clone(),
-            integration_id: entry.integration().id.clone(),
+            org: integration.org.clone(),
+            integration_id: integration.id.clone(),
             queue: entry.queue().queue().clone(),
             number: number.to_owned(),
             from: form.get("From").unwrap_or_default().to_owned(),

@@ -236,21 +236,16 @@ async fn status_is_data_and_a_reactivation_reenables_numbers_an_old_cascade_disa
     .await;
     let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
     assert_eq!(statuses(&numbers), vec!["disabled"; 2]);
-    let patch = |status: &str| json!({ "status": status });
-    let path = "/api/v1/integrations/int-1";
-    let (status, _) = h
-        .call(Method::PATCH, path, ADMIN_A, Some(patch("active")))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
-    assert_eq!(statuses(&numbers), vec!["active"; 2]);
-
-    let (status, _) = h
-        .call(Method::PATCH, path, ADMIN_A, Some(patch("inactive")))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
-    assert_eq!(statuses(&numbers), vec!["disabled"; 2]);
+    // Re-activating enables them; deactivating again shows them disabled.
+    for (to, shown) in [("active", "active"), ("inactive", "disabled")] {
+        let path = "/api/v1/integrations/int-1";
+        let (status, _) = h
+            .call(Method::PATCH, path, ADMIN_A, Some(json!({ "status": to })))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, numbers) = h.call(Method::GET, "/api/v1/numbers", ADMIN_A, None).await;
+        assert_eq!(statuses(&numbers), vec![shown; 2]);
+    }
     let live = h.live.lock().unwrap().clone();
     let (before, after) = (&live[live.len() - 2], &live[live.len() - 1]);
     assert_eq!(after.integrations[0].status, IntegrationStatus::Inactive);

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher as _};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 
 /// One Twilio sender imported into the SMS number inventory.
@@ -250,24 +250,9 @@ inline_text!(
     "must be an ISO 3166 alpha-2 code (two letters)"
 );
 
-/// One hash for every inventory in the process (a seed drawn at start), so that two
-/// versions put a number in the same shard and can be compared shard by shard. Keys are
-/// only ever inserted by the control plane, so a fast seeded hash is enough.
-#[derive(Clone, Copy, Default)]
-pub struct Hasher;
-
-impl BuildHasher for Hasher {
-    type Hasher = foldhash::fast::FoldHasher<'static>;
-    fn build_hasher(&self) -> Self::Hasher {
-        static SEED: OnceLock<foldhash::fast::FixedState> = OnceLock::new();
-        SEED.get_or_init(|| {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u8(0);
-            foldhash::fast::FixedState::with_seed(h.finish())
-        })
-        .build_hasher()
-    }
-}
+/// The hasher of the inventory's maps keyed by names: keys are only ever inserted by the
+/// control plane, so a fast seeded hash is enough.
+pub type Hasher = foldhash::fast::RandomState;
 
 /// One shard: its numbers packed in a vector, and an open-addressing table (linear
 /// probing, at most half full) of 4-byte slots, each a 12-bit tag of the hash and the
@@ -311,7 +296,7 @@ fn hash_of(id: &SenderId) -> u64 {
 }
 
 /// The 128-bit product of `a` and `b`, its halves xored (foldhash's mixing step).
-fn folded_multiply(a: u64, b: u64) -> u64 {
+pub(crate) fn folded_multiply(a: u64, b: u64) -> u64 {
     let product = u128::from(a) * u128::from(b);
     product as u64 ^ (product >> 64) as u64
 }
